@@ -1,0 +1,40 @@
+# blockvol — see README.md.
+GO      ?= go
+PREFIX  ?= /usr/local
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X main.version=$(VERSION)
+
+.PHONY: build install test unit bench fuzz vet clean
+
+build:
+	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/blockvol ./cmd/blockvol
+
+# Installs the binary, and the example config only where none exists (it
+# may hold passwords: 0600). Never overwrites an operator's config.
+install: build
+	install -D -m 0755 bin/blockvol $(DESTDIR)$(PREFIX)/bin/blockvol
+	install -d -m 0755 $(DESTDIR)/etc/blockvol
+	[ -e $(DESTDIR)/etc/blockvol/config.toml ] || install -m 0600 config.example.toml $(DESTDIR)/etc/blockvol/config.toml
+
+# The whole suite. As root with the tools of .ci/run installed, nothing is
+# skipped: real loop devices, mkfs, mounts and a private dockerd.
+test: vet
+	$(GO) test -count=1 -timeout 30m ./...
+
+# Only what needs neither root nor external tools.
+unit:
+	$(GO) test -count=1 -short ./...
+
+vet:
+	$(GO) vet ./...
+
+# Benchmarks print figures and ratios; they never pass or fail on time.
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./...
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParseOptions -fuzztime 30s ./plugin/
+	$(GO) test -run '^$$' -fuzz FuzzParseMountOptions -fuzztime 30s ./fs/
+
+clean:
+	rm -rf bin

@@ -1,0 +1,91 @@
+// Package backends defines the contract between the plugin and the systems
+// that provide block volumes: the embedded loop backend, a generic Linux
+// iSCSI target, OpenStack Cinder.
+//
+// A backend knows how to create, find and delete volumes, and how to attach
+// one to this host (returning a local block device) and detach it again.
+// It knows nothing of filesystems, mounts or containers: those belong to the
+// plugin. The plugin serializes all calls for one volume name, so a backend
+// need not guard against two concurrent calls on the same volume from this
+// host; calls on different volumes may run in parallel. Backends shared by
+// several hosts must still guard against other hosts themselves.
+package backends
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Sentinel errors. Backends wrap them (fmt.Errorf("...: %w", ErrNotFound))
+// so that the plugin can classify failures with errors.Is.
+var (
+	// ErrNotFound: the backend is reachable and has no such volume. Never
+	// return it for an outage: Docker forgets volumes whose Get fails with
+	// "not found".
+	ErrNotFound = errors.New("volume not found")
+	// ErrExists: Create of a name the backend already has.
+	ErrExists = errors.New("volume already exists")
+	// ErrInUse: the volume is attached (here or elsewhere) and cannot be
+	// removed or attached.
+	ErrInUse = errors.New("volume in use")
+	// ErrInvalid: a request the backend cannot satisfy as given (a size it
+	// does not support, an unknown volume type).
+	ErrInvalid = errors.New("invalid request")
+)
+
+// Scope values, as Docker's Capabilities call reports them.
+const (
+	ScopeLocal  = "local"  // volumes exist on this host only
+	ScopeGlobal = "global" // every host sees the same volumes
+)
+
+// CreateRequest is what a backend needs to make a volume.
+type CreateRequest struct {
+	Name      string
+	SizeBytes int64
+	// VolumeType, IOPS and AvailabilityZone are passed through to backends
+	// that know them; others reject a non-empty value they cannot honour.
+	VolumeType       string
+	IOPS             int
+	AvailabilityZone string
+	// Meta is stored with the volume and returned by Get and List
+	// unchanged. The plugin keeps the volume's parsed options there,
+	// because dvdcli sends options only at Create.
+	Meta map[string]string
+}
+
+// Volume is a backend's view of one volume.
+type Volume struct {
+	Name      string
+	SizeBytes int64
+	CreatedAt time.Time
+	Meta      map[string]string
+	// Status holds backend facts worth showing in `docker volume inspect`
+	// (type, attachment, target); keys are lower-case words.
+	Status map[string]any
+}
+
+// Backend provides volumes.
+type Backend interface {
+	// Scope is ScopeLocal or ScopeGlobal.
+	Scope() string
+	// Create makes a volume. A name that exists already yields ErrExists.
+	Create(ctx context.Context, req CreateRequest) (Volume, error)
+	// Get returns one volume, or ErrNotFound.
+	Get(ctx context.Context, name string) (Volume, error)
+	// List returns every volume of this backend.
+	List(ctx context.Context) ([]Volume, error)
+	// SetMeta replaces the Meta stored with a volume.
+	SetMeta(ctx context.Context, name string, meta map[string]string) error
+	// Remove deletes a volume and its data. A volume still attached yields
+	// ErrInUse; a missing one yields ErrNotFound.
+	Remove(ctx context.Context, name string) error
+	// Attach makes the volume available on this host and returns the path
+	// of its block device. It is idempotent: attaching an attached volume
+	// returns its current device, looked up afresh.
+	Attach(ctx context.Context, name string) (device string, err error)
+	// Detach releases the volume from this host. It is idempotent:
+	// detaching a volume that is not attached here succeeds.
+	Detach(ctx context.Context, name string) error
+}

@@ -1,0 +1,837 @@
+// Package loop is blockvol's embedded default backend: each volume is a
+// sparse image file in a data directory, attached to this host with a loop
+// device. It needs no external service, only the kernel's loop driver and
+// losetup(8).
+//
+// # Layout
+//
+// A volume named N is two files in Config.DataDir:
+//
+//	N.img   the sparse image, mode 0600, exactly SizeBytes long
+//	N.json  {"size_bytes":…, "created_at":"RFC3339", "meta":{…}}, mode 0600
+//
+// # Crash safety
+//
+// The JSON record is the commit point. A volume exists if and only if both
+// its JSON record and its image exist; anything else is debris of an
+// interrupted operation and is never shown by Get or List.
+//
+//   - Create makes the image first (O_EXCL, so two creators never share one),
+//     sizes it, fsyncs it and the directory, and only then writes the JSON
+//     atomically (state.WriteFileAtomic). A crash before the JSON lands
+//     leaves an image without JSON: invisible, and the next Create of that
+//     name deletes it and proceeds (unless a loop device still uses it, in
+//     which case Create fails with ErrInUse rather than pull the data out
+//     from under a user). New also sweeps such orphan images, and the
+//     temporary files of interrupted atomic writes, when it starts.
+//   - Remove deletes the JSON first (the volume is gone at that instant) and
+//     the image second. A crash in between leaves an orphan image, handled
+//     as above.
+//   - A JSON record without an image cannot result from a crash of this
+//     code (the image is durable before the JSON is written, and outlives
+//     it on removal); if one is found anyway (someone deleted the image) the
+//     volume is hidden from Get and List, logged, and a Create of the name
+//     replaces the stale record.
+//   - SetMeta rewrites the JSON atomically, so a reader sees the old or the
+//     new record, never a torn one.
+//
+// These guarantees assume one process (one plugin) owns DataDir. Within
+// that process, operations on one name are serialized by a per-name lock in
+// addition to the plugin's own serialization.
+//
+// # Names
+//
+// The plugin validates names, but the backend defends its directory anyway:
+// a name that is empty, "." or "..", contains '/', NUL or any other control
+// character, or is longer than 234 bytes (so that every file name, even
+// state.WriteFileAtomic's temporary one, fits NAME_MAX) is rejected with
+// ErrInvalid before any file is touched.
+//
+// # Sizes
+//
+// SizeBytes must be positive and a multiple of 512 (the loop device's
+// sector size); it is kept exactly as given, never rounded.
+//
+// # Attachment
+//
+// The backend remembers no device names: each Attach, Detach, Get, List and
+// Remove reads <SysRoot>/block/loop*/loop/backing_file afresh (once per
+// call, however many volumes) to learn which loop devices are backed by
+// which image. A device whose backing file reads "<path> (deleted)" does not
+// count as backed by the current image.
+//
+// Detach only asks the kernel to let go: a device someone still holds open
+// (a mount that was not undone yet, udev probing it) is marked autoclear
+// and disappears when closed. Remove therefore waits a short grace (2 s)
+// while every device still backed by the image is marked autoclear, then
+// reports ErrInUse naming the device.
+package loop
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/blockvol/blockvol/backends"
+	"github.com/blockvol/blockvol/hostexec"
+	"github.com/blockvol/blockvol/state"
+)
+
+// BackendName is the value of the "backend" key of every volume's Status.
+const BackendName = "loop"
+
+const (
+	imgSuffix  = ".img"
+	jsonSuffix = ".json"
+	// maxNameLen keeps every file name within NAME_MAX (255), including
+	// state.WriteFileAtomic's temporary "." + <name>.json + ".tmp-" + up to
+	// 10 random digits.
+	maxNameLen = 255 - len(".") - len(jsonSuffix) - len(".tmp-") - 10
+	sectorSize = 512
+)
+
+// Config configures a loop Backend.
+type Config struct {
+	// DataDir holds the images and their records, e.g.
+	// /var/lib/blockvol/loop. It is created with mode 0700 if missing.
+	DataDir string
+	// SysRoot is where sysfs is mounted; "" means "/sys".
+	SysRoot string
+	// DevRoot is where device nodes live; "" means "/dev".
+	DevRoot string
+}
+
+// Backend implements backends.Backend with image files and loop devices.
+type Backend struct {
+	dir string // absolute, symlinks resolved: sysfs reports resolved paths
+	sys string
+	dev string
+	run hostexec.Runner
+	log *slog.Logger
+
+	// removeGrace bounds how long Remove waits for loop devices that are
+	// already being torn down (autoclear set by an earlier Detach) to go.
+	removeGrace time.Duration
+	pollEvery   time.Duration
+
+	locks nameLocks
+}
+
+var _ backends.Backend = (*Backend)(nil)
+
+// record is the on-disk JSON of one volume.
+type record struct {
+	SizeBytes int64             `json:"size_bytes"`
+	CreatedAt time.Time         `json:"created_at"`
+	Meta      map[string]string `json:"meta"`
+}
+
+// New returns a Backend storing its volumes in cfg.DataDir, creating the
+// directory (mode 0700) if needed. It removes debris of interrupted
+// operations found there: images without a record that no loop device
+// uses, and temporary files of interrupted atomic writes. A nil log
+// discards messages.
+func New(cfg Config, run hostexec.Runner, log *slog.Logger) (*Backend, error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("loop: DataDir is required")
+	}
+	if run == nil {
+		return nil, errors.New("loop: a hostexec.Runner is required")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.SysRoot == "" {
+		cfg.SysRoot = "/sys"
+	}
+	if cfg.DevRoot == "" {
+		cfg.DevRoot = "/dev"
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("loop: create data directory: %w", err)
+	}
+	dir, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("loop: data directory: %w", err)
+	}
+	if dir, err = filepath.EvalSymlinks(dir); err != nil {
+		return nil, fmt.Errorf("loop: data directory: %w", err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil, fmt.Errorf("loop: data directory: %w", err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("loop: data directory %s is not a directory", dir)
+	}
+	b := &Backend{
+		dir:         dir,
+		sys:         cfg.SysRoot,
+		dev:         cfg.DevRoot,
+		run:         run,
+		log:         log.With(slog.String("backend", BackendName)),
+		removeGrace: 2 * time.Second,
+		pollEvery:   20 * time.Millisecond,
+	}
+	b.sweep()
+	return b, nil
+}
+
+// Scope implements backends.Backend: loop volumes exist on this host only.
+func (b *Backend) Scope() string { return backends.ScopeLocal }
+
+// Create implements backends.Backend.
+func (b *Backend) Create(ctx context.Context, req backends.CreateRequest) (backends.Volume, error) {
+	const op = "create"
+	name := req.Name
+	if err := checkName(name); err != nil {
+		return backends.Volume{}, opErr(op, name, err)
+	}
+	switch {
+	case req.VolumeType != "":
+		return backends.Volume{}, opErrf(op, name, "the loop backend does not support option volume type (%q): %w", req.VolumeType, backends.ErrInvalid)
+	case req.IOPS != 0:
+		return backends.Volume{}, opErrf(op, name, "the loop backend does not support option IOPS (%d): %w", req.IOPS, backends.ErrInvalid)
+	case req.AvailabilityZone != "":
+		return backends.Volume{}, opErrf(op, name, "the loop backend does not support option availability zone (%q): %w", req.AvailabilityZone, backends.ErrInvalid)
+	case req.SizeBytes <= 0:
+		return backends.Volume{}, opErrf(op, name, "size %d: must be positive: %w", req.SizeBytes, backends.ErrInvalid)
+	case req.SizeBytes%sectorSize != 0:
+		return backends.Volume{}, opErrf(op, name, "size %d: must be a multiple of %d bytes: %w", req.SizeBytes, sectorSize, backends.ErrInvalid)
+	}
+	if err := ctx.Err(); err != nil {
+		return backends.Volume{}, opErr(op, name, err)
+	}
+	unlock := b.locks.lock(name)
+	defer unlock()
+	log := b.log.With(slog.String("volume", name), slog.String("op", op))
+	img, rec := b.imgPath(name), b.jsonPath(name)
+
+	jsonOK, err := isRegular(rec)
+	if err != nil {
+		return backends.Volume{}, opErr(op, name, err)
+	}
+	imgOK, err := isRegular(img)
+	if err != nil {
+		return backends.Volume{}, opErr(op, name, err)
+	}
+	if jsonOK && imgOK {
+		return backends.Volume{}, opErr(op, name, backends.ErrExists)
+	}
+	if jsonOK {
+		// A record whose image is gone: never made by this code, see the
+		// package comment. The name is free; drop the stale record.
+		log.Warn("replacing a record whose image is missing", slog.String("record", rec))
+		if err := state.RemoveFile(rec); err != nil {
+			return backends.Volume{}, opErr(op, name, err)
+		}
+	}
+
+	f, err := os.OpenFile(img, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		// An image without a record: debris of a Create or Remove that
+		// crashed. Take it over unless a loop device still uses it.
+		devs, serr := b.devicesOf(img)
+		if serr != nil {
+			return backends.Volume{}, opErr(op, name, serr)
+		}
+		if len(devs) > 0 {
+			return backends.Volume{}, opErrf(op, name, "leftover image %s without a record is still attached to %s: %w",
+				img, strings.Join(devs, ", "), backends.ErrInUse)
+		}
+		log.Warn("removing leftover image of an interrupted operation", slog.String("image", img))
+		if err := state.RemoveFile(img); err != nil {
+			return backends.Volume{}, opErr(op, name, err)
+		}
+		f, err = os.OpenFile(img, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if errors.Is(err, fs.ErrExist) {
+			return backends.Volume{}, opErrf(op, name, "image %s appeared concurrently: %w", img, backends.ErrExists)
+		}
+	}
+	if err != nil {
+		return backends.Volume{}, opErr(op, name, err)
+	}
+	fail := func(err error) (backends.Volume, error) {
+		if rerr := state.RemoveFile(img); rerr != nil {
+			log.Error("cannot remove image of failed create", slog.String("image", img), slog.Any("error", rerr))
+		}
+		return backends.Volume{}, opErr(op, name, err)
+	}
+	if err := f.Truncate(req.SizeBytes); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EFBIG) || errors.Is(err, syscall.EINVAL) {
+			err = fmt.Errorf("size %d not supported by the file system of %s: %w: %w", req.SizeBytes, b.dir, err, backends.ErrInvalid)
+		}
+		return fail(err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fail(fmt.Errorf("fsync %s: %w", img, err))
+	}
+	if err := f.Close(); err != nil {
+		return fail(fmt.Errorf("close %s: %w", img, err))
+	}
+	// The image must be durable before the record that commits it.
+	if err := state.SyncDir(b.dir); err != nil {
+		return fail(err)
+	}
+	r := record{SizeBytes: req.SizeBytes, CreatedAt: time.Now().UTC(), Meta: copyMeta(req.Meta)}
+	if err := b.writeRecord(name, r); err != nil {
+		// The rename may have happened before the failure (a failed
+		// directory fsync): take the record away first, then the image.
+		if rerr := state.RemoveFile(rec); rerr != nil {
+			log.Error("cannot remove record of failed create", slog.String("record", rec), slog.Any("error", rerr))
+		}
+		return fail(err)
+	}
+	log.Info("volume created", slog.Int64("size_bytes", r.SizeBytes), slog.String("image", img))
+	return b.volume(name, r, nil), nil
+}
+
+// Get implements backends.Backend.
+func (b *Backend) Get(ctx context.Context, name string) (backends.Volume, error) {
+	const op = "get"
+	if err := checkName(name); err != nil {
+		return backends.Volume{}, opErr(op, name, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return backends.Volume{}, opErr(op, name, err)
+	}
+	r, err := b.load(name)
+	if err != nil {
+		return backends.Volume{}, opErr(op, name, err)
+	}
+	devs, err := b.devicesOf(b.imgPath(name))
+	if err != nil {
+		return backends.Volume{}, opErr(op, name, err)
+	}
+	return b.volume(name, r, devs), nil
+}
+
+// List implements backends.Backend. It reads the data directory and sysfs
+// once each, then each volume's record; it runs no program. Volumes come
+// sorted by name. A record that cannot be read or parsed is logged and
+// left out rather than hiding every other volume.
+func (b *Backend) List(ctx context.Context) ([]backends.Volume, error) {
+	const op = "list"
+	d, err := os.Open(b.dir)
+	if err != nil {
+		return nil, fmt.Errorf("loop: %s: %w", op, err)
+	}
+	defer d.Close()
+	names, err := b.listNames(d)
+	if err != nil {
+		return nil, fmt.Errorf("loop: %s: %w", op, err)
+	}
+	// Records are opened relative to the directory: no path walk each.
+	dirfd := int(d.Fd())
+	devs, err := b.scanLoops()
+	if err != nil {
+		return nil, fmt.Errorf("loop: %s: %w", op, err)
+	}
+	// Reading the records is all system calls; spread it over the CPUs.
+	found := make([]bool, len(names))
+	vols := make([]backends.Volume, len(names))
+	workers := min(runtime.GOMAXPROCS(0), 8, len(names)/64+1)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				i := int(next.Add(1) - 1)
+				if i >= len(names) {
+					return
+				}
+				r, err := b.readRecordAt(dirfd, names[i])
+				if err != nil {
+					b.log.Error("skipping unreadable volume record", slog.String("volume", names[i]), slog.String("op", op), slog.Any("error", err))
+					continue
+				}
+				img := b.imgPath(names[i])
+				vols[i], found[i] = b.volume(names[i], r, devs[img]), true
+			}
+		})
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("loop: %s: %w", op, err)
+	}
+	out := vols[:0]
+	for i := range vols {
+		if found[i] {
+			out = append(out, vols[i])
+		}
+	}
+	clear(vols[len(out):])
+	return out, nil
+}
+
+// listNames reads the data directory once and returns, sorted, the names
+// of the volumes that have both a record and an image. Records without an
+// image are logged and left out.
+func (b *Backend) listNames(d *os.File) ([]string, error) {
+	entries, err := d.ReadDir(-1) // unsorted: cheaper, and file order is not name order anyway
+	if err != nil {
+		return nil, err
+	}
+	images := make(map[string]bool, len(entries)/2)
+	var records []string
+	for _, e := range entries {
+		n := e.Name()
+		if !e.Type().IsRegular() {
+			continue
+		}
+		switch {
+		case strings.HasSuffix(n, imgSuffix):
+			images[strings.TrimSuffix(n, imgSuffix)] = true
+		case strings.HasSuffix(n, jsonSuffix):
+			records = append(records, strings.TrimSuffix(n, jsonSuffix))
+		}
+	}
+	names := records[:0]
+	for _, name := range records {
+		if checkName(name) != nil {
+			continue
+		}
+		if !images[name] {
+			b.log.Warn("hiding volume whose image is missing", slog.String("volume", name), slog.String("op", "list"))
+			continue
+		}
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// SetMeta implements backends.Backend: the record is rewritten atomically
+// with the new Meta, keeping size and creation time.
+func (b *Backend) SetMeta(ctx context.Context, name string, meta map[string]string) error {
+	const op = "setmeta"
+	if err := checkName(name); err != nil {
+		return opErr(op, name, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return opErr(op, name, err)
+	}
+	unlock := b.locks.lock(name)
+	defer unlock()
+	r, err := b.load(name)
+	if err != nil {
+		return opErr(op, name, err)
+	}
+	r.Meta = copyMeta(meta)
+	if err := b.writeRecord(name, r); err != nil {
+		return opErr(op, name, err)
+	}
+	b.log.Debug("metadata replaced", slog.String("volume", name), slog.String("op", op))
+	return nil
+}
+
+// Remove implements backends.Backend. A volume with a loop device yields
+// ErrInUse naming the device. Devices already being torn down (autoclear
+// set, as Detach of a device still open does) are given a short grace to
+// disappear first. The record is deleted before the image.
+func (b *Backend) Remove(ctx context.Context, name string) error {
+	const op = "remove"
+	if err := checkName(name); err != nil {
+		return opErr(op, name, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return opErr(op, name, err)
+	}
+	unlock := b.locks.lock(name)
+	defer unlock()
+	log := b.log.With(slog.String("volume", name), slog.String("op", op))
+	// Existence only: a record too damaged to parse can still be removed.
+	img := b.imgPath(name)
+	for _, p := range []string{b.jsonPath(name), img} {
+		ok, err := isRegular(p)
+		if err != nil {
+			return opErr(op, name, err)
+		}
+		if !ok {
+			return opErr(op, name, backends.ErrNotFound)
+		}
+	}
+	devs, err := b.waitDetached(ctx, img)
+	if err != nil {
+		return opErr(op, name, err)
+	}
+	if len(devs) > 0 {
+		return opErrf(op, name, "attached to %s: %w", strings.Join(devs, ", "), backends.ErrInUse)
+	}
+	// The record first: from here on the volume does not exist, and a
+	// crash leaves at worst an invisible image that Create and New clear.
+	if err := state.RemoveFile(b.jsonPath(name)); err != nil {
+		return opErr(op, name, err)
+	}
+	if err := state.RemoveFile(img); err != nil {
+		return opErr(op, name, err)
+	}
+	log.Info("volume removed")
+	return nil
+}
+
+// Attach implements backends.Backend. A loop device already backed by the
+// image is returned as is; otherwise `losetup --find --show --nooverlap`
+// makes one (and itself reuses a device another process set up meanwhile).
+func (b *Backend) Attach(ctx context.Context, name string) (string, error) {
+	const op = "attach"
+	if err := checkName(name); err != nil {
+		return "", opErr(op, name, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return "", opErr(op, name, err)
+	}
+	unlock := b.locks.lock(name)
+	defer unlock()
+	log := b.log.With(slog.String("volume", name), slog.String("op", op))
+	if _, err := b.load(name); err != nil {
+		return "", opErr(op, name, err)
+	}
+	img := b.imgPath(name)
+	devs, err := b.devicesOf(img)
+	if err != nil {
+		return "", opErr(op, name, err)
+	}
+	if len(devs) > 0 {
+		log.Debug("already attached", slog.String("device", devs[0]))
+		return devs[0], nil
+	}
+	out, err := b.run.Run(ctx, "losetup", "--find", "--show", "--nooverlap", img)
+	if err != nil {
+		return "", opErrf(op, name, "losetup: %w", err)
+	}
+	dev := strings.TrimSpace(string(out))
+	if !strings.HasPrefix(dev, "/") || strings.ContainsAny(dev, " \t\r\n") {
+		return "", opErrf(op, name, "losetup printed %q, not a device path", out)
+	}
+	log.Info("volume attached", slog.String("device", dev), slog.String("image", img))
+	return dev, nil
+}
+
+// Detach implements backends.Backend: every loop device backed by the
+// image is detached with `losetup --detach`. None is success. The kernel
+// may finish the detach later, once the device's last user closes it.
+func (b *Backend) Detach(ctx context.Context, name string) error {
+	const op = "detach"
+	if err := checkName(name); err != nil {
+		return opErr(op, name, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return opErr(op, name, err)
+	}
+	unlock := b.locks.lock(name)
+	defer unlock()
+	log := b.log.With(slog.String("volume", name), slog.String("op", op))
+	img := b.imgPath(name)
+	devs, err := b.devicesOf(img)
+	if err != nil {
+		return opErr(op, name, err)
+	}
+	var errs []error
+	for _, dev := range devs {
+		if _, err := b.run.Run(ctx, "losetup", "--detach", dev); err != nil {
+			// Gone (or reused) meanwhile? Then it is not ours to detach.
+			if still, serr := b.backedBy(dev, img); serr == nil && !still {
+				log.Debug("device went away during detach", slog.String("device", dev))
+				continue
+			}
+			errs = append(errs, fmt.Errorf("losetup --detach %s: %w", dev, err))
+			continue
+		}
+		log.Info("volume detached", slog.String("device", dev))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return opErr(op, name, err)
+	}
+	return nil
+}
+
+// load returns the record of an existing volume: one with both a record
+// and an image. Otherwise it wraps ErrNotFound.
+func (b *Backend) load(name string) (record, error) {
+	r, err := b.readRecord(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return record{}, backends.ErrNotFound
+	}
+	if err != nil {
+		return record{}, err
+	}
+	ok, err := isRegular(b.imgPath(name))
+	if err != nil {
+		return record{}, err
+	}
+	if !ok {
+		b.log.Warn("hiding volume whose image is missing", slog.String("volume", name))
+		return record{}, fmt.Errorf("image %s missing: %w", b.imgPath(name), backends.ErrNotFound)
+	}
+	return r, nil
+}
+
+func (b *Backend) readRecord(name string) (record, error) {
+	return b.readRecordAt(atFDCWD, name)
+}
+
+// readRecordAt reads name's record, relative to directory dirfd, or to the
+// absolute data directory when dirfd is atFDCWD.
+func (b *Backend) readRecordAt(dirfd int, name string) (record, error) {
+	path := name + jsonSuffix
+	if dirfd == atFDCWD {
+		path = b.jsonPath(name)
+	}
+	data, err := readSmallFile(dirfd, path)
+	if err != nil {
+		return record{}, err
+	}
+	var r record
+	if err := json.Unmarshal(data, &r); err != nil {
+		return record{}, fmt.Errorf("parse %s: %w", b.jsonPath(name), err)
+	}
+	if r.SizeBytes <= 0 {
+		return record{}, fmt.Errorf("parse %s: bad size_bytes %d", b.jsonPath(name), r.SizeBytes)
+	}
+	return r, nil
+}
+
+func (b *Backend) writeRecord(name string, r record) error {
+	data, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	return state.WriteFileAtomic(b.jsonPath(name), append(data, '\n'), 0o600)
+}
+
+func (b *Backend) volume(name string, r record, devs []string) backends.Volume {
+	status := map[string]any{
+		"backend": BackendName,
+		"image":   b.imgPath(name),
+	}
+	if len(devs) > 0 {
+		status["device"] = devs[0]
+	}
+	return backends.Volume{
+		Name:      name,
+		SizeBytes: r.SizeBytes,
+		CreatedAt: r.CreatedAt,
+		Meta:      copyMeta(r.Meta),
+		Status:    status,
+	}
+}
+
+// waitDetached returns the loop devices backed by img, first waiting up to
+// removeGrace while every one of them is already being torn down.
+func (b *Backend) waitDetached(ctx context.Context, img string) ([]string, error) {
+	devs, err := b.devicesOf(img)
+	if err != nil || len(devs) == 0 || !b.allAutoclear(devs) {
+		return devs, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, b.removeGrace)
+	defer cancel()
+	tick := time.NewTicker(b.pollEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return devs, nil
+		case <-tick.C:
+		}
+		if devs, err = b.devicesOf(img); err != nil || len(devs) == 0 || !b.allAutoclear(devs) {
+			return devs, err
+		}
+	}
+}
+
+func (b *Backend) allAutoclear(devs []string) bool {
+	for _, dev := range devs {
+		data, err := os.ReadFile(filepath.Join(b.sys, "block", filepath.Base(dev), "loop", "autoclear"))
+		if err != nil || strings.TrimSpace(string(data)) != "1" {
+			return false
+		}
+	}
+	return true
+}
+
+// sweep removes, at start-up, debris of operations interrupted by a crash:
+// images without a record that no loop device uses, and temporary files
+// left by state.WriteFileAtomic. Failures are logged, never fatal.
+func (b *Backend) sweep() {
+	log := b.log.With(slog.String("op", "sweep"))
+	entries, err := os.ReadDir(b.dir)
+	if err != nil {
+		log.Warn("cannot read data directory", slog.Any("error", err))
+		return
+	}
+	have := make(map[string]bool, len(entries))
+	for _, e := range entries {
+		have[e.Name()] = true
+	}
+	var loops map[string][]string
+	for _, e := range entries {
+		n := e.Name()
+		if !e.Type().IsRegular() {
+			continue
+		}
+		switch {
+		case isTempName(n):
+			log.Warn("removing temporary file of an interrupted write", slog.String("file", n))
+			if err := os.Remove(filepath.Join(b.dir, n)); err != nil {
+				log.Warn("cannot remove temporary file", slog.String("file", n), slog.Any("error", err))
+			}
+		case strings.HasSuffix(n, imgSuffix):
+			name := strings.TrimSuffix(n, imgSuffix)
+			if checkName(name) != nil || have[name+jsonSuffix] {
+				continue
+			}
+			if loops == nil {
+				if loops, err = b.scanLoops(); err != nil {
+					log.Warn("cannot read loop devices; leaving leftover images", slog.Any("error", err))
+					return
+				}
+			}
+			img := filepath.Join(b.dir, n)
+			if devs := loops[img]; len(devs) > 0 {
+				log.Warn("leftover image without record is attached; leaving it", slog.String("volume", name), slog.String("image", img), slog.String("device", devs[0]))
+				continue
+			}
+			log.Warn("removing leftover image of an interrupted operation", slog.String("volume", name), slog.String("image", img))
+			if err := os.Remove(img); err != nil {
+				log.Warn("cannot remove leftover image", slog.String("image", img), slog.Any("error", err))
+			}
+		}
+	}
+	if err := state.SyncDir(b.dir); err != nil {
+		log.Warn("cannot fsync data directory", slog.Any("error", err))
+	}
+}
+
+// isTempName reports whether n is a temporary file of state.WriteFileAtomic
+// for a record: "." + <name>.json + ".tmp-" + digits. Volume files always
+// end in .json or .img, so they never match.
+func isTempName(n string) bool {
+	if !strings.HasPrefix(n, ".") || strings.HasSuffix(n, jsonSuffix) || strings.HasSuffix(n, imgSuffix) {
+		return false
+	}
+	i := strings.LastIndex(n, jsonSuffix+".tmp-")
+	if i < 0 {
+		return false
+	}
+	digits := n[i+len(jsonSuffix+".tmp-"):]
+	if digits == "" {
+		return false
+	}
+	for _, c := range digits {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
+}
+
+// b.dir is absolute and clean, and checkName keeps names to one path
+// element, so plain concatenation is filepath.Join.
+func (b *Backend) imgPath(name string) string {
+	return b.dir + string(filepath.Separator) + name + imgSuffix
+}
+func (b *Backend) jsonPath(name string) string {
+	return b.dir + string(filepath.Separator) + name + jsonSuffix
+}
+
+// checkName defends the data directory: the plugin validates names, but a
+// name must never reach a path outside DataDir nor confuse the one-line
+// sysfs backing_file format.
+func checkName(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("empty volume name: %w", backends.ErrInvalid)
+	case name == "." || name == "..":
+		return fmt.Errorf("volume name %q not allowed: %w", name, backends.ErrInvalid)
+	case len(name) > maxNameLen:
+		return fmt.Errorf("volume name longer than %d bytes: %w", maxNameLen, backends.ErrInvalid)
+	}
+	for _, c := range []byte(name) {
+		if c == '/' || c < 0x20 || c == 0x7f {
+			return fmt.Errorf("volume name %q: contains '/' or a control character: %w", name, backends.ErrInvalid)
+		}
+	}
+	return nil
+}
+
+func isRegular(path string) (bool, error) {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if !fi.Mode().IsRegular() {
+		return false, fmt.Errorf("%s is not a regular file", path)
+	}
+	return true, nil
+}
+
+func copyMeta(m map[string]string) map[string]string {
+	if m == nil {
+		return nil
+	}
+	c := make(map[string]string, len(m))
+	for k, v := range m {
+		c[k] = v
+	}
+	return c
+}
+
+func opErr(op, name string, err error) error {
+	return fmt.Errorf("loop: %s volume %q: %w", op, name, err)
+}
+
+func opErrf(op, name, format string, args ...any) error {
+	return opErr(op, name, fmt.Errorf(format, args...))
+}
+
+// nameLocks serializes operations on one volume name within this process.
+type nameLocks struct {
+	mu sync.Mutex
+	m  map[string]*nameLock
+}
+
+type nameLock struct {
+	mu   sync.Mutex
+	refs int
+}
+
+func (l *nameLocks) lock(name string) (unlock func()) {
+	l.mu.Lock()
+	if l.m == nil {
+		l.m = make(map[string]*nameLock)
+	}
+	e := l.m[name]
+	if e == nil {
+		e = &nameLock{}
+		l.m[name] = e
+	}
+	e.refs++
+	l.mu.Unlock()
+	e.mu.Lock()
+	return func() {
+		e.mu.Unlock()
+		l.mu.Lock()
+		if e.refs--; e.refs == 0 {
+			delete(l.m, name)
+		}
+		l.mu.Unlock()
+	}
+}

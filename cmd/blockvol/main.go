@@ -1,0 +1,57 @@
+// Command blockvol is a Docker volume plugin that gives containers
+// persistent block volumes. `blockvol serve` runs the plugin; see README.md.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `usage: blockvol <command> [flags]
+
+commands:
+  serve [--config FILE]   serve the Docker volume plugin socket
+  version                 print the version
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "serve":
+		fl := flag.NewFlagSet("serve", flag.ContinueOnError)
+		fl.SetOutput(stderr)
+		configPath := fl.String("config", defaultConfigPath, "configuration file (TOML)")
+		if err := fl.Parse(args[1:]); err != nil {
+			return 2
+		}
+		if err := serve(*configPath, stderr); err != nil {
+			fmt.Fprintf(stderr, "blockvol: %v\n", err)
+			return 1
+		}
+		return 0
+	case "version", "--version":
+		fmt.Fprintln(stdout, version)
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "blockvol: unknown command %q\n%s", args[0], usage)
+		return 2
+	}
+}
+
+var errUsage = errors.New("usage")

@@ -1,0 +1,223 @@
+// Package config reads blockvol's TOML configuration, fills in defaults and
+// validates it, so that a mistake is reported once, at start, in one
+// sentence that names the key.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// DefaultPath is where `blockvol serve` looks without --config.
+const DefaultPath = "/etc/blockvol/config.toml"
+
+// Config is the whole configuration file.
+type Config struct {
+	// Name is the driver name Docker knows the plugin by.
+	Name string `toml:"name"`
+	// Socket is the listening socket; default /run/docker/plugins/<name>.sock.
+	Socket string `toml:"socket"`
+	// SocketGroup owns the socket (mode 0660); "" leaves it to root.
+	SocketGroup string `toml:"socket_group"`
+	// StateDir holds crash-safe records of volumes and their users.
+	StateDir string `toml:"state_dir"`
+	// MountDir is where volumes are mounted; default <state_dir>/mounts.
+	MountDir string `toml:"mount_dir"`
+	// LogLevel is debug, info, warn or error.
+	LogLevel string `toml:"log_level"`
+	// DefaultBackend names the backend used when a Create has no
+	// `backend` option.
+	DefaultBackend string `toml:"default_backend"`
+
+	Defaults Defaults                 `toml:"defaults"`
+	Timeouts Timeouts                 `toml:"timeouts"`
+	Backends map[string]BackendConfig `toml:"backends"`
+}
+
+// Defaults apply to a Create that does not give the option.
+type Defaults struct {
+	Size      string `toml:"size"`
+	FSType    string `toml:"fstype"`
+	MountOpts string `toml:"mountopts"`
+}
+
+// Timeouts bound each plugin call. Docker gives up on Create and Mount
+// after 2 minutes and on every other call after 1 minute; ours end
+// earlier so that the plugin cleans up before Docker stops waiting.
+type Timeouts struct {
+	Create Duration `toml:"create"`
+	Mount  Duration `toml:"mount"`
+	Other  Duration `toml:"other"`
+}
+
+// BackendConfig configures one backend. Type selects the implementation;
+// the other keys belong to that type.
+type BackendConfig struct {
+	Type string `toml:"type"`
+	// loop
+	DataDir string `toml:"data_dir"`
+}
+
+// Duration is a time.Duration written as "90s" or "2m" in TOML.
+type Duration struct{ time.Duration }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration such as \"90s\" or \"2m\"", b)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Backend types this build knows.
+var knownBackendTypes = []string{"loop"}
+
+// Docker's own limits on a plugin call.
+const (
+	dockerCreateMountLimit = 2 * time.Minute
+	dockerOtherLimit       = time.Minute
+)
+
+var nameRE = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$`)
+
+// Default returns the configuration used for keys a file leaves out.
+func Default() Config {
+	return Config{
+		Name:           "blockvol",
+		StateDir:       "/var/lib/blockvol",
+		LogLevel:       "info",
+		DefaultBackend: "local",
+		Defaults:       Defaults{Size: "1G", FSType: "ext4"},
+		Timeouts: Timeouts{
+			Create: Duration{100 * time.Second},
+			Mount:  Duration{100 * time.Second},
+			Other:  Duration{50 * time.Second},
+		},
+	}
+}
+
+// Load reads, completes and validates the file at path.
+func Load(path string) (Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return Config{}, fmt.Errorf("read config: %w", err)
+	}
+	cfg, err := Parse(data)
+	if err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// Parse decodes TOML text over the defaults, rejects unknown keys, fills in
+// derived defaults and validates the result.
+func Parse(data []byte) (Config, error) {
+	cfg := Default()
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&cfg)
+	if err != nil {
+		return Config{}, err
+	}
+	if undecoded := md.Undecoded(); len(undecoded) > 0 {
+		keys := make([]string, len(undecoded))
+		for i, k := range undecoded {
+			keys[i] = k.String()
+		}
+		return Config{}, fmt.Errorf("unknown key %s (see config.example.toml for the accepted keys)", strings.Join(keys, ", "))
+	}
+	if len(cfg.Backends) == 0 {
+		cfg.Backends = map[string]BackendConfig{"local": {Type: "loop"}}
+	}
+	cfg.fillDerived()
+	if err := cfg.Validate(); err != nil {
+		return Config{}, err
+	}
+	return cfg, nil
+}
+
+func (c *Config) fillDerived() {
+	if c.Socket == "" {
+		c.Socket = filepath.Join("/run/docker/plugins", c.Name+".sock")
+	}
+	if c.MountDir == "" {
+		c.MountDir = filepath.Join(c.StateDir, "mounts")
+	}
+	for name, b := range c.Backends {
+		if b.Type == "loop" && b.DataDir == "" {
+			b.DataDir = filepath.Join(c.StateDir, "loop")
+			c.Backends[name] = b
+		}
+	}
+}
+
+// Validate checks every value and the values that depend on each other.
+func (c *Config) Validate() error {
+	var errs []error
+	if !nameRE.MatchString(c.Name) {
+		errs = append(errs, fmt.Errorf("name %q must be 1-64 letters, digits, '_', '.' or '-', starting with a letter or digit", c.Name))
+	}
+	for key, p := range map[string]string{"socket": c.Socket, "state_dir": c.StateDir, "mount_dir": c.MountDir} {
+		if !filepath.IsAbs(p) {
+			errs = append(errs, fmt.Errorf("%s %q must be an absolute path", key, p))
+		}
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("log_level %q must be one of debug, info, warn, error", c.LogLevel))
+	}
+	if _, ok := c.Backends[c.DefaultBackend]; !ok {
+		errs = append(errs, fmt.Errorf("default_backend %q is not a configured backend (configured: %s)", c.DefaultBackend, strings.Join(c.BackendNames(), ", ")))
+	}
+	for _, name := range c.BackendNames() {
+		b := c.Backends[name]
+		if !nameRE.MatchString(name) {
+			errs = append(errs, fmt.Errorf("backend name %q must be letters, digits, '_', '.' or '-'", name))
+		}
+		switch b.Type {
+		case "loop":
+			if !filepath.IsAbs(b.DataDir) {
+				errs = append(errs, fmt.Errorf("backends.%s.data_dir %q must be an absolute path", name, b.DataDir))
+			}
+		default:
+			errs = append(errs, fmt.Errorf("backends.%s.type %q must be one of %s", name, b.Type, strings.Join(knownBackendTypes, ", ")))
+		}
+	}
+	for key, t := range map[string]struct {
+		d     time.Duration
+		limit time.Duration
+	}{
+		"timeouts.create": {c.Timeouts.Create.Duration, dockerCreateMountLimit},
+		"timeouts.mount":  {c.Timeouts.Mount.Duration, dockerCreateMountLimit},
+		"timeouts.other":  {c.Timeouts.Other.Duration, dockerOtherLimit},
+	} {
+		if t.d <= 0 || t.d >= t.limit {
+			errs = append(errs, fmt.Errorf("%s %s must be positive and below Docker's own limit of %s", key, t.d, t.limit))
+		}
+	}
+	sort.Slice(errs, func(i, j int) bool { return errs[i].Error() < errs[j].Error() })
+	return errors.Join(errs...)
+}
+
+// BackendNames returns the configured backend names, sorted.
+func (c *Config) BackendNames() []string {
+	names := make([]string, 0, len(c.Backends))
+	for n := range c.Backends {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}

@@ -1,0 +1,108 @@
+package fs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+)
+
+// Mounter is the mount(2)/umount2(2) pair; the real one is SyscallMounter.
+type Mounter interface {
+	Mount(source, target, fstype string, flags uintptr, data string) error
+	Unmount(target string, flags int) error
+}
+
+// SyscallMounter calls the kernel directly. It uses the standard syscall
+// package, which has every call and flag this package needs (the two
+// missing constants are defined in options.go).
+type SyscallMounter struct{}
+
+// Mount implements Mounter with mount(2).
+func (SyscallMounter) Mount(source, target, fstype string, flags uintptr, data string) error {
+	return syscall.Mount(source, target, fstype, flags, data)
+}
+
+// Unmount implements Mounter with umount2(2).
+func (SyscallMounter) Unmount(target string, flags int) error {
+	return syscall.Unmount(target, flags)
+}
+
+// Mount creates target (mode 0755, parents included) if it is missing and
+// mounts dev there as fstype. opts are options from ParseMountOptions; they
+// are validated again and nosuid and nodev are always added.
+//
+// Mount is idempotent: when dev is already the filesystem mounted at
+// target, it returns nil without mounting again; when another device is
+// mounted there, it fails rather than stack a second mount.
+func (f *FS) Mount(ctx context.Context, dev, target, fstype string, opts []string) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("mount device %s on %s: %w", dev, target, err)
+	}
+	if dev == "" || fstype == "" || !filepath.IsAbs(target) {
+		return fmt.Errorf("mount device %q on %q as %q: need a device, an absolute target and a filesystem type",
+			dev, target, fstype)
+	}
+	target = filepath.Clean(target)
+	flags, data, err := mountArgs(opts)
+	if err != nil {
+		return fmt.Errorf("mount device %s on %s: %w", dev, target, err)
+	}
+	cur, err := f.MountedDevice(target)
+	if err != nil {
+		return fmt.Errorf("mount device %s on %s: %w", dev, target, err)
+	}
+	if cur != "" {
+		if sameDevice(cur, dev) {
+			f.log().Info("device already mounted", "device", dev, "target", target)
+			return nil
+		}
+		return fmt.Errorf("mount device %s on %s: %s is already mounted there", dev, target, cur)
+	}
+	if err := os.MkdirAll(target, 0o755); err != nil {
+		return fmt.Errorf("mount device %s: create mount point: %w", dev, err)
+	}
+	if err := f.Mounter.Mount(dev, target, fstype, flags, data); err != nil {
+		return fmt.Errorf("mount device %s on %s (%s, options %q): %w",
+			dev, target, fstype, strings.Join(opts, ","), err)
+	}
+	f.log().Info("mounted", "device", dev, "target", target, "fstype", fstype, "options", strings.Join(opts, ","))
+	return nil
+}
+
+// Unmount unmounts the filesystem at target. A target that is not mounted
+// (or does not exist) is success. A filesystem still in use yields an
+// error wrapping both ErrBusy and syscall.EBUSY. Symbolic links in the
+// last component of target are not followed.
+func (f *FS) Unmount(ctx context.Context, target string) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("unmount %s: %w", target, err)
+	}
+	target = filepath.Clean(target)
+	err := f.Mounter.Unmount(target, umountNoFollow)
+	switch {
+	case err == nil:
+		f.log().Info("unmounted", "target", target)
+		return nil
+	case errors.Is(err, syscall.EINVAL), errors.Is(err, syscall.ENOENT):
+		// EINVAL: target is not a mount point; ENOENT: it does not exist.
+		return nil
+	case errors.Is(err, syscall.EBUSY):
+		return fmt.Errorf("unmount %s: %w: %w", target, ErrBusy, err)
+	}
+	return fmt.Errorf("unmount %s: %w", target, err)
+}
+
+// sameDevice reports whether two device paths name the same device, after
+// resolving symbolic links (/dev/disk/by-id/... against /dev/sdb).
+func sameDevice(a, b string) bool {
+	if a == b {
+		return true
+	}
+	ra, errA := filepath.EvalSymlinks(a)
+	rb, errB := filepath.EvalSymlinks(b)
+	return errA == nil && errB == nil && ra == rb
+}

@@ -1,0 +1,55 @@
+package plugin
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+)
+
+// Sentinel errors of the plugin. The message a Docker user sees is the
+// whole wrapped text; these let callers and tests classify it.
+var (
+	ErrInvalid  = errors.New("invalid request")
+	ErrNotFound = errors.New("no such volume")
+	ErrInUse    = errors.New("volume in use")
+	ErrBusy     = errors.New("volume busy")
+)
+
+// userError is an error whose text is already a complete sentence for the
+// user; Is reports the sentinel it belongs to.
+type userError struct {
+	kind error
+	msg  string
+	err  error // optional cause, for errors.Is/As
+}
+
+func (e *userError) Error() string { return e.msg }
+
+func (e *userError) Is(target error) bool { return target == e.kind }
+
+func (e *userError) Unwrap() error { return e.err }
+
+func invalidf(format string, args ...any) error {
+	return &userError{kind: ErrInvalid, msg: fmt.Sprintf(format, args...)}
+}
+
+// maxNameLen bounds volume names; Cinder allows 255, file names 255 bytes,
+// and ours become file names with a suffix.
+const maxNameLen = 128
+
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.-]*$`)
+
+// ValidateName accepts the volume names Docker's local driver accepts,
+// minus anything that could escape a directory: letters, digits, '_', '.',
+// '-', starting with a letter or digit, at most 128 characters.
+func ValidateName(name string) error {
+	switch {
+	case name == "":
+		return invalidf("volume name is empty")
+	case len(name) > maxNameLen:
+		return invalidf("volume name is %d characters long; the limit is %d", len(name), maxNameLen)
+	case !nameRE.MatchString(name):
+		return invalidf("volume name %q is not valid: use letters, digits, '_', '.' and '-', starting with a letter or digit", name)
+	}
+	return nil
+}

@@ -1,0 +1,101 @@
+package plugin
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/blockvol/blockvol/backends"
+	"github.com/docker/go-plugins-helpers/volume"
+)
+
+// Create makes a volume with the given options. Creating a name that exists
+// already returns it unchanged (its stored options win): Docker asks Get
+// first and calls Create only for a name it did not find.
+func (d *Driver) Create(req *volume.CreateRequest) error {
+	ctx, log, end := d.begin("create", req.Name, d.cfg.CreateTimeout)
+	defer end()
+	if err := ValidateName(req.Name); err != nil {
+		return err
+	}
+	opts, err := ParseOptions(req.Options, d.cfg.Defaults, d.cfg.ParseMountOpts)
+	if err != nil {
+		log.Info("create refused", "err", err)
+		return err
+	}
+	unlock, err := d.locks.lock(ctx, req.Name)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	if _, bn, err := d.lookup(ctx, req.Name); err == nil {
+		log.Info("volume exists already; options of this create ignored", "backend", bn)
+		return nil
+	} else if !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	be := d.cfg.Backends[opts.Backend]
+	_, err = be.Create(ctx, backends.CreateRequest{
+		Name:             req.Name,
+		SizeBytes:        opts.SizeBytes,
+		VolumeType:       opts.VolumeType,
+		IOPS:             opts.IOPS,
+		AvailabilityZone: opts.AvailabilityZone,
+		Meta:             encodeMeta(opts),
+	})
+	switch {
+	case errors.Is(err, backends.ErrExists):
+		// Another host (shared backend) created it between our look-up
+		// and our create: theirs is the volume.
+		log.Info("volume created concurrently elsewhere; using it")
+	case errors.Is(err, backends.ErrInvalid):
+		return &userError{kind: ErrInvalid, msg: fmt.Sprintf("volume %q cannot be created: %v", req.Name, err), err: err}
+	case err != nil:
+		return fmt.Errorf("volume %q cannot be created on backend %s: %w", req.Name, opts.Backend, err)
+	}
+	d.remember(req.Name, opts.Backend)
+	log.Info("volume created", "backend", opts.Backend, "size_bytes", opts.SizeBytes, "fstype", opts.FSType)
+	return nil
+}
+
+// Remove deletes a volume and its data. It refuses a volume that has users
+// on this host; the backend refuses one attached anywhere.
+func (d *Driver) Remove(req *volume.RemoveRequest) error {
+	ctx, log, end := d.begin("remove", req.Name, d.cfg.OtherTimeout)
+	defer end()
+	if err := ValidateName(req.Name); err != nil {
+		return err
+	}
+	unlock, err := d.locks.lock(ctx, req.Name)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+
+	if r, ok := d.recs.get(req.Name); ok {
+		if len(r.Users) > 0 {
+			return &userError{kind: ErrInUse, msg: fmt.Sprintf("volume %q is in use by %d mount(s) on this host; stop the containers using it first", req.Name, len(r.Users))}
+		}
+		// A teardown that failed earlier: finish it before removing.
+		if err := d.teardown(ctx, log, r); err != nil {
+			return fmt.Errorf("volume %q cannot be removed: %w", req.Name, err)
+		}
+	}
+	_, bn, err := d.lookup(ctx, req.Name)
+	if err != nil {
+		return err
+	}
+	if err := d.cfg.Backends[bn].Remove(ctx, req.Name); err != nil {
+		switch {
+		case errors.Is(err, backends.ErrNotFound):
+			// Gone already (removed concurrently elsewhere): done.
+		case errors.Is(err, backends.ErrInUse):
+			return &userError{kind: ErrInUse, msg: fmt.Sprintf("volume %q cannot be removed: %v", req.Name, err), err: err}
+		default:
+			return fmt.Errorf("volume %q cannot be removed: %w", req.Name, err)
+		}
+	}
+	d.remember(req.Name, "")
+	log.Info("volume removed", "backend", bn)
+	return nil
+}

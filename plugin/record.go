@@ -1,0 +1,113 @@
+package plugin
+
+import (
+	"sort"
+	"sync"
+
+	"github.com/blockvol/blockvol/state"
+)
+
+// Phases of a volume on this host, persisted before each step so that a
+// restarted plugin knows what a crash interrupted.
+const (
+	// phaseMounting: the first user is claimed; attach/format/mount may be
+	// partly done. Docker got no answer, so recovery tears it down.
+	phaseMounting = "mounting"
+	// phaseMounted: mounted at Mountpoint for Users.
+	phaseMounted = "mounted"
+	// phaseUnmounting: the last user left; unmount/detach may be partly
+	// done. Recovery and the next Mount finish it.
+	phaseUnmounting = "unmounting"
+)
+
+// anonymousUser stands for the ID-less use of dvdcli and Mesos. Docker's
+// mount IDs are 64 hex digits, so it cannot collide with one.
+const anonymousUser = "<no-id>"
+
+// record is what this host knows of a volume it has in use. It exists from
+// the first Mount until the last Unmount has detached the volume, and is
+// changed only under the volume's lock.
+type record struct {
+	Name       string   `json:"name"`
+	Backend    string   `json:"backend"`
+	Phase      string   `json:"phase"`
+	Users      []string `json:"users"` // sorted set of mount IDs
+	Device     string   `json:"device,omitempty"`
+	Mountpoint string   `json:"mountpoint"`
+}
+
+func (r *record) has(user string) bool {
+	i := sort.SearchStrings(r.Users, user)
+	return i < len(r.Users) && r.Users[i] == user
+}
+
+func (r *record) add(user string) {
+	if r.has(user) {
+		return
+	}
+	r.Users = append(r.Users, user)
+	sort.Strings(r.Users)
+}
+
+func (r *record) remove(user string) {
+	i := sort.SearchStrings(r.Users, user)
+	if i < len(r.Users) && r.Users[i] == user {
+		r.Users = append(r.Users[:i], r.Users[i+1:]...)
+	}
+}
+
+// records is the in-memory copy of the persisted records. The map is
+// guarded by mu for short reads and writes only; a record's content is
+// changed only by the holder of its volume lock, through put and del,
+// which persist first and publish after.
+type records struct {
+	store *state.Store
+	mu    sync.RWMutex
+	m     map[string]record
+}
+
+func (rs *records) get(name string) (record, bool) {
+	rs.mu.RLock()
+	defer rs.mu.RUnlock()
+	r, ok := rs.m[name]
+	if ok {
+		r.Users = append([]string(nil), r.Users...)
+	}
+	return r, ok
+}
+
+// put persists r and then publishes it.
+func (rs *records) put(r record) error {
+	if err := rs.store.Save(r.Name, r); err != nil {
+		return err
+	}
+	r.Users = append([]string(nil), r.Users...)
+	rs.mu.Lock()
+	rs.m[r.Name] = r
+	rs.mu.Unlock()
+	return nil
+}
+
+// del removes the record of name from disk, then from memory.
+func (rs *records) del(name string) error {
+	if err := rs.store.Delete(name); err != nil {
+		return err
+	}
+	rs.mu.Lock()
+	delete(rs.m, name)
+	rs.mu.Unlock()
+	return nil
+}
+
+// mountpoints returns name → mountpoint of every mounted volume.
+func (rs *records) mountpoints() map[string]string {
+	rs.mu.RLock()
+	defer rs.mu.RUnlock()
+	out := make(map[string]string, len(rs.m))
+	for n, r := range rs.m {
+		if r.Phase == phaseMounted {
+			out[n] = r.Mountpoint
+		}
+	}
+	return out
+}

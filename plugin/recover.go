@@ -1,0 +1,65 @@
+package plugin
+
+import (
+	"context"
+	"errors"
+)
+
+// Recover reconciles the records left by an earlier run with what the host
+// really has, before the plugin serves:
+//   - mounted, with users, and the mount is there: kept; the containers go
+//     on, and their Unmounts will work;
+//   - mounted, with users, but the mount is gone (the host rebooted): the
+//     users are stale; the volume is detached and the record dropped;
+//   - mounting (a crash in the middle of a Mount, whose caller got no
+//     answer and will send no Unmount) or unmounting: torn down.
+//
+// A volume whose teardown fails keeps its record and is retried at its next
+// operation; Recover reports all such failures together.
+func (d *Driver) Recover(ctx context.Context) error {
+	var errs []error
+	for _, name := range d.recordNames() {
+		r, ok := d.recs.get(name)
+		if !ok {
+			continue
+		}
+		log := d.log.With("op", "recover", "volume", name, "phase", r.Phase, "users", len(r.Users))
+		if r.Phase == phaseMounted && len(r.Users) > 0 {
+			dev, err := d.cfg.FS.MountedDevice(r.Mountpoint)
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if dev != "" {
+				log.Info("volume still mounted; keeping it for its users", "device", dev)
+				continue
+			}
+			log.Warn("volume was mounted before but its mount is gone (reboot?); releasing its stale users")
+		} else {
+			log.Warn("finishing an operation interrupted by a restart")
+		}
+		r.Users = nil
+		r.Phase = phaseUnmounting
+		if err := d.recs.put(r); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if err := d.teardown(ctx, log, r); err != nil {
+			log.Error("recovery teardown failed; will retry at the next operation", "err", err)
+			errs = append(errs, err)
+			continue
+		}
+		log.Info("volume unmounted and detached")
+	}
+	return errors.Join(errs...)
+}
+
+func (d *Driver) recordNames() []string {
+	d.recs.mu.RLock()
+	defer d.recs.mu.RUnlock()
+	names := make([]string, 0, len(d.recs.m))
+	for n := range d.recs.m {
+		names = append(names, n)
+	}
+	return names
+}

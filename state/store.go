@@ -1,0 +1,86 @@
+package state
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// ErrNotFound is returned by Load for a name that has no record.
+var ErrNotFound = errors.New("no record")
+
+// Store keeps one JSON record per name in a directory. Names must be safe
+// file names (the caller validates them); each record is written with
+// WriteFileAtomic. A Store does no locking: callers serialize writes to one
+// name, and different names never share a file.
+type Store struct {
+	dir string
+}
+
+const recordExt = ".json"
+
+// OpenStore returns a Store over dir, creating it (0700) if missing and
+// removing temporary files left by a crash in the middle of a write.
+func OpenStore(dir string) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	leftovers, err := filepath.Glob(filepath.Join(dir, ".*.tmp-*"))
+	if err != nil {
+		return nil, fmt.Errorf("state dir: %w", err)
+	}
+	for _, f := range leftovers {
+		if err := os.Remove(f); err != nil {
+			return nil, fmt.Errorf("state dir: remove leftover %s: %w", f, err)
+		}
+	}
+	return &Store{dir: dir}, nil
+}
+
+func (s *Store) path(name string) string { return filepath.Join(s.dir, name+recordExt) }
+
+// Save writes v as the record of name.
+func (s *Store) Save(name string, v any) error {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode record %s: %w", name, err)
+	}
+	return WriteFileAtomic(s.path(name), append(data, '\n'), 0o600)
+}
+
+// Load reads the record of name into v, or returns ErrNotFound.
+func (s *Store) Load(name string, v any) error {
+	data, err := os.ReadFile(s.path(name))
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("record %s: %w", name, ErrNotFound)
+	}
+	if err != nil {
+		return fmt.Errorf("read record %s: %w", name, err)
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("decode record %s: %w", s.path(name), err)
+	}
+	return nil
+}
+
+// Delete removes the record of name; a missing record is not an error.
+func (s *Store) Delete(name string) error { return RemoveFile(s.path(name)) }
+
+// Names lists the names that have a record.
+func (s *Store) Names() ([]string, error) {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("read state dir: %w", err)
+	}
+	var names []string
+	for _, e := range entries {
+		n := e.Name()
+		if e.Type().IsRegular() && !strings.HasPrefix(n, ".") && strings.HasSuffix(n, recordExt) {
+			names = append(names, strings.TrimSuffix(n, recordExt))
+		}
+	}
+	return names, nil
+}
