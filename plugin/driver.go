@@ -57,6 +57,15 @@ type Config struct {
 	// UndoTimeout bounds the rollback of a failed Mount and each teardown.
 	UndoTimeout time.Duration
 	Log         *slog.Logger
+	// Observer, when set, is told of every finished call (for metrics).
+	Observer Observer
+}
+
+// Observer receives one report per finished plugin call. backend is ""
+// when the call failed before its backend was known, or spans all of them
+// (List).
+type Observer interface {
+	Observe(op, backend string, elapsed time.Duration, err error)
 }
 
 // Driver implements volume.Driver.
@@ -136,18 +145,51 @@ func (d *Driver) Wait(ctx context.Context) error {
 	}
 }
 
+// call is one plugin operation in progress: its deadline, its logger and
+// what the Observer is told when it ends.
+type call struct {
+	d       *Driver
+	op      string
+	ctx     context.Context
+	cancel  context.CancelFunc
+	log     *slog.Logger
+	start   time.Time
+	backend string // set once known, for the Observer
+}
+
 // begin starts an operation: a deadline, a logger with its attributes, and
-// the in-flight count.
-func (d *Driver) begin(op, name string, timeout time.Duration, attrs ...any) (context.Context, *slog.Logger, func()) {
+// the in-flight count. The caller must call end.
+func (d *Driver) begin(op, name string, timeout time.Duration, attrs ...any) *call {
 	d.inflight.Add(1)
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	log := d.log.With(append([]any{"op", op, "volume", name}, attrs...)...)
-	start := time.Now()
-	return ctx, log, func() {
-		cancel()
-		log.Debug("done", "elapsed", time.Since(start).Round(time.Millisecond))
-		d.inflight.Done()
+	return &call{
+		d: d, op: op, ctx: ctx, cancel: cancel, start: time.Now(),
+		log: d.log.With(append([]any{"op", op, "volume", name}, attrs...)...),
 	}
+}
+
+func (c *call) end(err error) {
+	c.cancel()
+	elapsed := time.Since(c.start)
+	c.log.Debug("done", "elapsed", elapsed.Round(time.Millisecond), "err", err)
+	if c.d.cfg.Observer != nil {
+		c.d.cfg.Observer.Observe(c.op, c.backend, elapsed, err)
+	}
+	c.d.inflight.Done()
+}
+
+// Stats counts the volumes this host has attached (in use or in the middle
+// of an operation) and mounted.
+func (d *Driver) Stats() (attached, mounted int) {
+	d.recs.mu.RLock()
+	defer d.recs.mu.RUnlock()
+	for _, r := range d.recs.m {
+		attached++
+		if r.Phase == phaseMounted {
+			mounted++
+		}
+	}
+	return attached, mounted
 }
 
 func (d *Driver) mountpoint(name string) string { return filepath.Join(d.cfg.MountDir, name) }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"reflect"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -467,5 +468,41 @@ func TestListAndCapabilities(t *testing.T) {
 	h.be.scope = backends.ScopeGlobal
 	if got := h.d.Capabilities().Capabilities.Scope; got != "global" {
 		t.Fatalf("scope %q with a shared backend", got)
+	}
+}
+
+type observed struct {
+	op, backend string
+	failed      bool
+}
+
+type recordingObserver struct {
+	mu  sync.Mutex
+	got []observed
+}
+
+func (o *recordingObserver) Observe(op, backend string, _ time.Duration, err error) {
+	o.mu.Lock()
+	o.got = append(o.got, observed{op, backend, err != nil})
+	o.mu.Unlock()
+}
+
+func TestObserverAndStats(t *testing.T) {
+	h := newHarness(t)
+	obs := &recordingObserver{}
+	h.d.cfg.Observer = obs
+	h.create("s", nil)
+	h.mount("s", id1)
+	if a, m := h.d.Stats(); a != 1 || m != 1 {
+		t.Fatalf("Stats = %d attached, %d mounted; want 1, 1", a, m)
+	}
+	h.unmount("s", id1)
+	h.d.Create(&volume.CreateRequest{Name: "bad", Options: map[string]string{"size": "0"}})
+	want := []observed{{"create", "local", false}, {"mount", "local", false}, {"unmount", "local", false}, {"create", "", true}}
+	if !reflect.DeepEqual(obs.got, want) {
+		t.Fatalf("observed %+v, want %+v", obs.got, want)
+	}
+	if a, m := h.d.Stats(); a != 0 || m != 0 {
+		t.Fatalf("Stats after unmount = %d, %d", a, m)
 	}
 }

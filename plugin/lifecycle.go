@@ -11,9 +11,10 @@ import (
 // Create makes a volume with the given options. Creating a name that exists
 // already returns it unchanged (its stored options win): Docker asks Get
 // first and calls Create only for a name it did not find.
-func (d *Driver) Create(req *volume.CreateRequest) error {
-	ctx, log, end := d.begin("create", req.Name, d.cfg.CreateTimeout)
-	defer end()
+func (d *Driver) Create(req *volume.CreateRequest) (err error) {
+	c := d.begin("create", req.Name, d.cfg.CreateTimeout)
+	defer func() { c.end(err) }()
+	ctx, log := c.ctx, c.log
 	if err := ValidateName(req.Name); err != nil {
 		return err
 	}
@@ -22,6 +23,7 @@ func (d *Driver) Create(req *volume.CreateRequest) error {
 		log.Info("create refused", "err", err)
 		return err
 	}
+	c.backend = opts.Backend
 	unlock, err := d.locks.lock(ctx, req.Name)
 	if err != nil {
 		return err
@@ -60,9 +62,10 @@ func (d *Driver) Create(req *volume.CreateRequest) error {
 
 // Remove deletes a volume and its data. It refuses a volume that has users
 // on this host; the backend refuses one attached anywhere.
-func (d *Driver) Remove(req *volume.RemoveRequest) error {
-	ctx, log, end := d.begin("remove", req.Name, d.cfg.OtherTimeout)
-	defer end()
+func (d *Driver) Remove(req *volume.RemoveRequest) (err error) {
+	c := d.begin("remove", req.Name, d.cfg.OtherTimeout)
+	defer func() { c.end(err) }()
+	ctx, log := c.ctx, c.log
 	if err := ValidateName(req.Name); err != nil {
 		return err
 	}
@@ -85,6 +88,7 @@ func (d *Driver) Remove(req *volume.RemoveRequest) error {
 	if err != nil {
 		return err
 	}
+	c.backend = bn
 	if err := d.cfg.Backends[bn].Remove(ctx, req.Name); err != nil {
 		switch {
 		case errors.Is(err, backends.ErrNotFound):

@@ -16,13 +16,14 @@ import (
 // first user attaches, formats if blank, and mounts; later users join the
 // existing mount. A repeated Mount with the same ID, or an ID-less one while
 // the ID-less use is held, changes nothing.
-func (d *Driver) Mount(req *volume.MountRequest) (*volume.MountResponse, error) {
+func (d *Driver) Mount(req *volume.MountRequest) (_ *volume.MountResponse, err error) {
 	user := req.ID
 	if user == "" {
 		user = anonymousUser
 	}
-	ctx, log, end := d.begin("mount", req.Name, d.cfg.MountTimeout, "id", shortID(req.ID))
-	defer end()
+	c := d.begin("mount", req.Name, d.cfg.MountTimeout, "id", shortID(req.ID))
+	defer func() { c.end(err) }()
+	ctx, log := c.ctx, c.log
 	if err := ValidateName(req.Name); err != nil {
 		return nil, err
 	}
@@ -33,6 +34,7 @@ func (d *Driver) Mount(req *volume.MountRequest) (*volume.MountResponse, error) 
 	defer unlock()
 
 	r, known := d.recs.get(req.Name)
+	c.backend = r.Backend
 	if known && r.Phase == phaseMounted {
 		dev, err := d.cfg.FS.MountedDevice(r.Mountpoint)
 		if err != nil {
@@ -58,6 +60,7 @@ func (d *Driver) Mount(req *volume.MountRequest) (*volume.MountResponse, error) 
 	if !known {
 		r = record{Name: req.Name, Backend: bn, Mountpoint: d.mountpoint(req.Name)}
 	}
+	c.backend = r.Backend
 	// Claim before any host change, so that a crash in the middle leaves a
 	// record that recovery can tear down.
 	r.add(user)
@@ -174,13 +177,14 @@ func (d *Driver) undoMount(log *slog.Logger, r record, user string) {
 
 // Unmount releases one user's use; the last user's release unmounts and
 // detaches the volume.
-func (d *Driver) Unmount(req *volume.UnmountRequest) error {
+func (d *Driver) Unmount(req *volume.UnmountRequest) (err error) {
 	user := req.ID
 	if user == "" {
 		user = anonymousUser
 	}
-	ctx, log, end := d.begin("unmount", req.Name, d.cfg.OtherTimeout, "id", shortID(req.ID))
-	defer end()
+	c := d.begin("unmount", req.Name, d.cfg.OtherTimeout, "id", shortID(req.ID))
+	defer func() { c.end(err) }()
+	ctx, log := c.ctx, c.log
 	if err := ValidateName(req.Name); err != nil {
 		return err
 	}
@@ -191,6 +195,7 @@ func (d *Driver) Unmount(req *volume.UnmountRequest) error {
 	defer unlock()
 
 	r, ok := d.recs.get(req.Name)
+	c.backend = r.Backend
 	if !ok {
 		log.Info("volume is not mounted on this host; nothing to unmount")
 		return nil

@@ -16,13 +16,15 @@ import (
 // Docker forgets a volume whose Get fails, so a backend that cannot be
 // reached is answered from this host's record when there is one, with the
 // failure in Status, rather than with an error.
-func (d *Driver) Get(req *volume.GetRequest) (*volume.GetResponse, error) {
-	ctx, log, end := d.begin("get", req.Name, d.cfg.OtherTimeout)
-	defer end()
+func (d *Driver) Get(req *volume.GetRequest) (_ *volume.GetResponse, err error) {
+	c := d.begin("get", req.Name, d.cfg.OtherTimeout)
+	defer func() { c.end(err) }()
+	ctx, log := c.ctx, c.log
 	if err := ValidateName(req.Name); err != nil {
 		return nil, err
 	}
 	vol, bn, err := d.lookup(ctx, req.Name)
+	c.backend = bn
 	r, mounted := d.recs.get(req.Name)
 	if err != nil {
 		if errors.Is(err, ErrNotFound) || !mounted {
@@ -47,9 +49,10 @@ func (d *Driver) Get(req *volume.GetRequest) (*volume.GetResponse, error) {
 
 // List returns the volumes of every backend. A backend that fails is left
 // out (and logged) so that one outage does not hide the others' volumes.
-func (d *Driver) List() (*volume.ListResponse, error) {
-	ctx, log, end := d.begin("list", "", d.cfg.OtherTimeout)
-	defer end()
+func (d *Driver) List() (_ *volume.ListResponse, err error) {
+	c := d.begin("list", "", d.cfg.OtherTimeout)
+	defer func() { c.end(err) }()
+	ctx, log := c.ctx, c.log
 	mps := d.recs.mountpoints()
 	var out []*volume.Volume
 	var failures []error
@@ -74,9 +77,10 @@ func (d *Driver) List() (*volume.ListResponse, error) {
 
 // Path returns the mountpoint of a volume mounted on this host, "" when it
 // is not mounted.
-func (d *Driver) Path(req *volume.PathRequest) (*volume.PathResponse, error) {
-	ctx, _, end := d.begin("path", req.Name, d.cfg.OtherTimeout)
-	defer end()
+func (d *Driver) Path(req *volume.PathRequest) (_ *volume.PathResponse, err error) {
+	c := d.begin("path", req.Name, d.cfg.OtherTimeout)
+	defer func() { c.end(err) }()
+	ctx := c.ctx
 	if err := ValidateName(req.Name); err != nil {
 		return nil, err
 	}
