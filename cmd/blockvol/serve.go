@@ -15,12 +15,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/blockvol/blockvol/backends"
-	"github.com/blockvol/blockvol/backends/loop"
 	"github.com/blockvol/blockvol/config"
-	"github.com/blockvol/blockvol/fs"
-	"github.com/blockvol/blockvol/hostexec"
-	"github.com/blockvol/blockvol/plugin"
 	"github.com/docker/go-plugins-helpers/volume"
 )
 
@@ -49,7 +44,7 @@ func serve(configPath string, stderr io.Writer) error {
 	defer l.Close()
 	log.Info("listening", "socket", cfg.Socket, "name", cfg.Name, "version", version)
 
-	drv, err := newDriver(cfg, log)
+	drv, err := newDriver(cfg, log, nil)
 	if err != nil {
 		return err
 	}
@@ -84,42 +79,6 @@ func newLogger(level string, w io.Writer) *slog.Logger {
 	var lv slog.Level
 	_ = lv.UnmarshalText([]byte(level)) // validated by config
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lv}))
-}
-
-func newDriver(cfg config.Config, log *slog.Logger) (*plugin.Driver, error) {
-	run := hostexec.OS{}
-	bes := map[string]backends.Backend{}
-	for _, name := range cfg.BackendNames() {
-		bc := cfg.Backends[name]
-		switch bc.Type {
-		case "loop":
-			b, err := loop.New(loop.Config{DataDir: bc.DataDir}, run, log.With("backend", name))
-			if err != nil {
-				return nil, fmt.Errorf("backend %s: %w", name, err)
-			}
-			bes[name] = b
-		default:
-			return nil, fmt.Errorf("backend %s: unknown type %q", name, bc.Type)
-		}
-	}
-	filesystems := &fs.FS{Run: run, Mounter: fs.SyscallMounter{}, Log: log}
-	return plugin.New(plugin.Config{
-		Backends:       bes,
-		FS:             filesystems,
-		ParseMountOpts: fs.ParseMountOptions,
-		StateDir:       cfg.StateDir,
-		MountDir:       cfg.MountDir,
-		Defaults: plugin.OptionDefaults{
-			Size:      cfg.Defaults.Size,
-			FSType:    cfg.Defaults.FSType,
-			MountOpts: cfg.Defaults.MountOpts,
-			Backend:   cfg.DefaultBackend,
-		},
-		CreateTimeout: cfg.Timeouts.Create.Duration,
-		MountTimeout:  cfg.Timeouts.Mount.Duration,
-		OtherTimeout:  cfg.Timeouts.Other.Duration,
-		Log:           log,
-	})
 }
 
 // listen binds the plugin socket, mode 0660, owned by root and group. A
