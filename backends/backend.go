@@ -66,6 +66,13 @@ type Volume struct {
 	Status map[string]any
 }
 
+// AttachOptions modify one Attach.
+type AttachOptions struct {
+	// Preempt takes the volume over from another host that has it
+	// attached (a dead host, say), fencing that host off first.
+	Preempt bool
+}
+
 // Backend provides volumes.
 type Backend interface {
 	// Scope is ScopeLocal or ScopeGlobal.
@@ -83,8 +90,10 @@ type Backend interface {
 	Remove(ctx context.Context, name string) error
 	// Attach makes the volume available on this host and returns the path
 	// of its block device. It is idempotent: attaching an attached volume
-	// returns its current device, looked up afresh.
-	Attach(ctx context.Context, name string) (device string, err error)
+	// returns its current device, looked up afresh. A volume attached to
+	// another host yields ErrInUse naming that host, unless opts.Preempt:
+	// then the other host is fenced off first.
+	Attach(ctx context.Context, name string, opts AttachOptions) (device string, err error)
 	// Detach releases the volume from this host. It is idempotent:
 	// detaching a volume that is not attached here succeeds.
 	Detach(ctx context.Context, name string) error

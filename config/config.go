@@ -38,9 +38,13 @@ type Config struct {
 	// `backend` option.
 	DefaultBackend string `toml:"default_backend"`
 
-	Defaults Defaults                 `toml:"defaults"`
-	Timeouts Timeouts                 `toml:"timeouts"`
-	Backends map[string]BackendConfig `toml:"backends"`
+	Defaults Defaults `toml:"defaults"`
+	Timeouts Timeouts `toml:"timeouts"`
+	// ISCSI configures this host's iSCSI initiator, for the backends that
+	// attach over iSCSI.
+	ISCSI ISCSIConfig `toml:"iscsi"`
+	// Backends are decoded per type by Parse (see BackendConfig).
+	Backends map[string]BackendConfig `toml:"-"`
 }
 
 // Defaults apply to a Create that does not give the option.
@@ -59,12 +63,36 @@ type Timeouts struct {
 	Other  Duration `toml:"other"`
 }
 
-// BackendConfig configures one backend. Type selects the implementation;
-// the other keys belong to that type.
+// BackendConfig configures one backend: its type, and the settings of that
+// type (a *LoopConfig for "loop", and so on; see the backend_*.go files).
 type BackendConfig struct {
-	Type string `toml:"type"`
-	// loop
-	DataDir string `toml:"data_dir"`
+	Type     string
+	Settings BackendSettings
+}
+
+// BackendSettings are the type-specific keys of a [backends.NAME] table.
+// Each backend type registers a constructor with registerBackendType.
+type BackendSettings interface {
+	// fill sets defaults that derive from the rest of the configuration.
+	fill(c *Config)
+	// validate checks the settings; key is "backends.NAME" for messages.
+	validate(key string, c *Config) []error
+}
+
+// backendTypes maps a type name to a constructor of its empty settings.
+var backendTypes = map[string]func() BackendSettings{}
+
+func registerBackendType(name string, newSettings func() BackendSettings) {
+	backendTypes[name] = newSettings
+}
+
+func knownBackendTypes() []string {
+	var names []string
+	for n := range backendTypes {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
 }
 
 // Duration is a time.Duration written as "90s" or "2m" in TOML.
@@ -82,9 +110,6 @@ func (d *Duration) UnmarshalText(b []byte) error {
 
 // MarshalText implements encoding.TextMarshaler.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
-
-// Backend types this build knows.
-var knownBackendTypes = []string{"loop"}
 
 // Docker's own limits on a plugin call.
 const (
@@ -126,10 +151,34 @@ func Load(path string) (Config, error) {
 // Parse decodes TOML text over the defaults, rejects unknown keys, fills in
 // derived defaults and validates the result.
 func Parse(data []byte) (Config, error) {
-	cfg := Default()
-	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&cfg)
+	// One decode, so that the metadata knows every key: the backends'
+	// tables are kept as primitives and decoded by type below.
+	doc := struct {
+		Config
+		Backends map[string]toml.Primitive `toml:"backends"`
+	}{Config: Default()}
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&doc)
 	if err != nil {
 		return Config{}, err
+	}
+	cfg, raw := doc.Config, doc
+	cfg.Backends = map[string]BackendConfig{}
+	for name, prim := range raw.Backends {
+		var t struct {
+			Type string `toml:"type"`
+		}
+		if err := md.PrimitiveDecode(prim, &t); err != nil {
+			return Config{}, fmt.Errorf("backends.%s: %w", name, err)
+		}
+		newSettings, ok := backendTypes[t.Type]
+		if !ok {
+			return Config{}, fmt.Errorf("backends.%s.type %q must be one of %s", name, t.Type, strings.Join(knownBackendTypes(), ", "))
+		}
+		settings := newSettings()
+		if err := md.PrimitiveDecode(prim, settings); err != nil {
+			return Config{}, fmt.Errorf("backends.%s: %w", name, err)
+		}
+		cfg.Backends[name] = BackendConfig{Type: t.Type, Settings: settings}
 	}
 	if undecoded := md.Undecoded(); len(undecoded) > 0 {
 		keys := make([]string, len(undecoded))
@@ -139,7 +188,7 @@ func Parse(data []byte) (Config, error) {
 		return Config{}, fmt.Errorf("unknown key %s (see config.example.toml for the accepted keys)", strings.Join(keys, ", "))
 	}
 	if len(cfg.Backends) == 0 {
-		cfg.Backends = map[string]BackendConfig{"local": {Type: "loop"}}
+		cfg.Backends = map[string]BackendConfig{"local": {Type: "loop", Settings: &LoopConfig{Type: "loop"}}}
 	}
 	cfg.fillDerived()
 	if err := cfg.Validate(); err != nil {
@@ -155,11 +204,8 @@ func (c *Config) fillDerived() {
 	if c.MountDir == "" {
 		c.MountDir = filepath.Join(c.StateDir, "mounts")
 	}
-	for name, b := range c.Backends {
-		if b.Type == "loop" && b.DataDir == "" {
-			b.DataDir = filepath.Join(c.StateDir, "loop")
-			c.Backends[name] = b
-		}
+	for _, b := range c.Backends {
+		b.Settings.fill(c)
 	}
 }
 
@@ -187,14 +233,7 @@ func (c *Config) Validate() error {
 		if !nameRE.MatchString(name) {
 			errs = append(errs, fmt.Errorf("backend name %q must be letters, digits, '_', '.' or '-'", name))
 		}
-		switch b.Type {
-		case "loop":
-			if !filepath.IsAbs(b.DataDir) {
-				errs = append(errs, fmt.Errorf("backends.%s.data_dir %q must be an absolute path", name, b.DataDir))
-			}
-		default:
-			errs = append(errs, fmt.Errorf("backends.%s.type %q must be one of %s", name, b.Type, strings.Join(knownBackendTypes, ", ")))
-		}
+		errs = append(errs, b.Settings.validate("backends."+name, c)...)
 	}
 	for key, t := range map[string]struct {
 		d     time.Duration

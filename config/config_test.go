@@ -18,10 +18,10 @@ func TestExampleConfigIsValidAndDefault(t *testing.T) {
 		t.Fatal(err)
 	}
 	if cfg.Socket != "/run/docker/plugins/blockvol.sock" || cfg.MountDir != "/var/lib/blockvol/mounts" ||
-		cfg.Backends["local"].DataDir != "/var/lib/blockvol/loop" || cfg.Timeouts.Mount.Duration != 100*time.Second {
+		cfg.Backends["local"].Settings.(*LoopConfig).DataDir != "/var/lib/blockvol/loop" || cfg.Timeouts.Mount.Duration != 100*time.Second {
 		t.Fatalf("example config = %+v", cfg)
 	}
-	if cfg.Socket != def.Socket || cfg.Backends["local"] != def.Backends["local"] || cfg.Defaults != def.Defaults {
+	if cfg.Socket != def.Socket || *cfg.Backends["local"].Settings.(*LoopConfig) != *def.Backends["local"].Settings.(*LoopConfig) || cfg.Defaults != def.Defaults {
 		t.Fatalf("the example's values differ from the built-in defaults:\n%+v\n%+v", cfg, def)
 	}
 }
@@ -56,7 +56,7 @@ type = "loop"
 		t.Fatal(err)
 	}
 	if cfg.Socket != "/run/docker/plugins/cinder.sock" || cfg.MountDir != "/srv/bv/mounts" ||
-		cfg.Backends["fast"].DataDir != "/data/images" || cfg.Backends["slow"].DataDir != "/srv/bv/loop" {
+		cfg.Backends["fast"].Settings.(*LoopConfig).DataDir != "/data/images" || cfg.Backends["slow"].Settings.(*LoopConfig).DataDir != "/srv/bv/loop" {
 		t.Fatalf("derived paths wrong: %+v", cfg)
 	}
 }

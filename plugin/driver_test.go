@@ -205,6 +205,18 @@ func TestOverwriteFSWipesOnceAtFirstMount(t *testing.T) {
 	if calls[1] != "attach ow" || calls[2] != "setmeta ow" {
 		t.Fatalf("backend calls %q: want setmeta right after the first attach", calls)
 	}
+	if h.be.lastPreempt {
+		t.Fatal("attach asked to preempt a volume created without preempt")
+	}
+}
+
+func TestPreemptReachesAttach(t *testing.T) {
+	h := newHarness(t)
+	h.create("pre", map[string]string{"preempt": "true"})
+	h.mount("pre", id1)
+	if !h.be.lastPreempt {
+		t.Fatal("a volume created with preempt=true was attached without preempting")
+	}
 }
 
 func TestRemove(t *testing.T) {

@@ -28,6 +28,8 @@ type fakeBackend struct {
 	// attachGate, when set, makes Attach of that name wait for a receive.
 	attachGate map[string]chan struct{}
 	devices    int
+	// lastPreempt is the Preempt of the last Attach.
+	lastPreempt bool
 }
 
 func newFakeBackend() *fakeBackend {
@@ -130,7 +132,7 @@ func (f *fakeBackend) Remove(ctx context.Context, name string) error {
 	return nil
 }
 
-func (f *fakeBackend) Attach(ctx context.Context, name string) (string, error) {
+func (f *fakeBackend) Attach(ctx context.Context, name string, opts backends.AttachOptions) (string, error) {
 	f.mu.Lock()
 	gate := f.attachGate[name]
 	f.mu.Unlock()
@@ -143,6 +145,7 @@ func (f *fakeBackend) Attach(ctx context.Context, name string) (string, error) {
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.lastPreempt = opts.Preempt
 	if err := f.record("attach", name); err != nil {
 		return "", err
 	}

@@ -88,7 +88,7 @@ func (d *Driver) bringUp(ctx context.Context, log *slog.Logger, r record, vol ba
 	if err != nil {
 		return r, err
 	}
-	dev, err := be.Attach(ctx, r.Name)
+	dev, err := be.Attach(ctx, r.Name, backends.AttachOptions{Preempt: opts.Preempt})
 	if err != nil {
 		return r, fmt.Errorf("attach: %w", err)
 	}

@@ -13,9 +13,12 @@ import (
 // volume (in the backend's Meta) because dvdcli, and so Mesos, sends
 // options only with Create, never with Mount.
 type Options struct {
-	SizeBytes        int64    `json:"size_bytes"`
-	FSType           string   `json:"fstype"`
-	OverwriteFS      bool     `json:"overwritefs,omitempty"`
+	SizeBytes   int64  `json:"size_bytes"`
+	FSType      string `json:"fstype"`
+	OverwriteFS bool   `json:"overwritefs,omitempty"`
+	// Preempt lets a Mount take the volume over from another host that
+	// still has it attached (shared backends only).
+	Preempt          bool     `json:"preempt,omitempty"`
 	VolumeType       string   `json:"volumetype,omitempty"`
 	IOPS             int      `json:"iops,omitempty"`
 	AvailabilityZone string   `json:"availabilityzone,omitempty"`
@@ -63,6 +66,7 @@ var optionKeys = map[string]string{
 	"availabilityzone": "availabilityzone",
 	"mountopts":        "mountopts",
 	"backend":          "backend",
+	"preempt":          "preempt",
 }
 
 func acceptedKeys() string {
@@ -116,6 +120,11 @@ func ParseOptions(raw map[string]string, def OptionDefaults, parseMountOpts Moun
 	if v, ok := canon["overwritefs"]; ok {
 		if o.OverwriteFS, err = strconv.ParseBool(v); err != nil {
 			return Options{}, invalidf("option overwritefs %q must be true or false", v)
+		}
+	}
+	if v, ok := canon["preempt"]; ok {
+		if o.Preempt, err = strconv.ParseBool(v); err != nil {
+			return Options{}, invalidf("option preempt %q must be true or false", v)
 		}
 	}
 	o.VolumeType = canon["volumetype"]

@@ -51,6 +51,7 @@ func TestParseOptions(t *testing.T) {
 			Options{SizeBytes: 2 << 30, FSType: "xfs", VolumeType: "gold", AvailabilityZone: "nova", Backend: "shared"}},
 		{"mountopts", map[string]string{"mountopts": "noatime,discard"}, Options{SizeBytes: 1 << 30, FSType: "ext4", MountOpts: []string{"noatime", "discard"}, Backend: "local"}},
 		{"overwritefs=false", map[string]string{"overwritefs": "false"}, Options{SizeBytes: 1 << 30, FSType: "ext4", Backend: "local"}},
+		{"preempt", map[string]string{"Preempt": "true"}, Options{SizeBytes: 1 << 30, FSType: "ext4", Preempt: true, Backend: "local"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := ParseOptions(tc.raw, testDefaults, fakeMountOpts)
@@ -71,6 +72,7 @@ func TestParseOptions(t *testing.T) {
 		{map[string]string{"fstype": ""}, `option fstype "" is not supported`},
 		{map[string]string{"size": "200M", "fstype": "xfs"}, "option size 200 MiB is too small for xfs, which needs at least 286 MiB"},
 		{map[string]string{"overwritefs": "maybe"}, `option overwritefs "maybe" must be true or false`},
+		{map[string]string{"preempt": "yes please"}, `option preempt "yes please" must be true or false`},
 		{map[string]string{"iops": "0"}, `option iops "0" must be a positive whole number`},
 		{map[string]string{"iops": "fast"}, `option iops "fast" must be a positive whole number`},
 		{map[string]string{"backend": "nope"}, `option backend "nope" is not configured on this host; configured backends: local, shared`},
@@ -85,7 +87,7 @@ func TestParseOptions(t *testing.T) {
 }
 
 func equalOptions(a, b Options) bool {
-	return a.SizeBytes == b.SizeBytes && a.FSType == b.FSType && a.OverwriteFS == b.OverwriteFS &&
+	return a.SizeBytes == b.SizeBytes && a.FSType == b.FSType && a.OverwriteFS == b.OverwriteFS && a.Preempt == b.Preempt &&
 		a.VolumeType == b.VolumeType && a.IOPS == b.IOPS && a.AvailabilityZone == b.AvailabilityZone &&
 		strings.Join(a.MountOpts, ",") == strings.Join(b.MountOpts, ",") && a.Backend == b.Backend
 }

@@ -487,7 +487,7 @@ func (b *Backend) Remove(ctx context.Context, name string) error {
 // Attach implements backends.Backend. A loop device already backed by the
 // image is returned as is; otherwise `losetup --find --show --nooverlap`
 // makes one (and itself reuses a device another process set up meanwhile).
-func (b *Backend) Attach(ctx context.Context, name string) (string, error) {
+func (b *Backend) Attach(ctx context.Context, name string, _ backends.AttachOptions) (string, error) {
 	const op = "attach"
 	if err := checkName(name); err != nil {
 		return "", opErr(op, name, err)

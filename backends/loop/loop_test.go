@@ -325,7 +325,7 @@ func TestAttachAlreadyAttached(t *testing.T) {
 	e.create("v", 4096, nil)
 	e.bind(5, e.img("v"))
 	e.bind(2, e.img("other"))
-	dev, err := e.b.Attach(context.Background(), "v")
+	dev, err := e.b.Attach(context.Background(), "v", backends.AttachOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -349,7 +349,7 @@ func TestAttachRunsLosetup(t *testing.T) {
 		Stdout: "/dev/loop3\n",
 		Do:     func() { e.bind(3, e.img("v")) },
 	})
-	dev, err := e.b.Attach(context.Background(), "v")
+	dev, err := e.b.Attach(context.Background(), "v", backends.AttachOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -357,13 +357,13 @@ func TestAttachRunsLosetup(t *testing.T) {
 		t.Errorf("Attach = %q, want /dev/loop3", dev)
 	}
 	// Attach again: looked up afresh in sysfs, no second losetup.
-	if dev, err := e.b.Attach(context.Background(), "v"); err != nil || dev != "/dev/loop3" {
+	if dev, err := e.b.Attach(context.Background(), "v", backends.AttachOptions{}); err != nil || dev != "/dev/loop3" {
 		t.Errorf("second Attach = %q, %v", dev, err)
 	}
 	// The kernel moved it (detached and reattached elsewhere): found afresh.
 	e.unbind(3)
 	e.bind(7, e.img("v"))
-	if dev, err := e.b.Attach(context.Background(), "v"); err != nil || dev != "/dev/loop7" {
+	if dev, err := e.b.Attach(context.Background(), "v", backends.AttachOptions{}); err != nil || dev != "/dev/loop7" {
 		t.Errorf("Attach after move = %q, %v", dev, err)
 	}
 }
@@ -376,7 +376,7 @@ func TestAttachIgnoresDeletedBackingFile(t *testing.T) {
 		Argv:   []string{"losetup", "--find", "--show", "--nooverlap", e.img("v")},
 		Stdout: "/dev/loop2\n",
 	})
-	dev, err := e.b.Attach(context.Background(), "v")
+	dev, err := e.b.Attach(context.Background(), "v", backends.AttachOptions{})
 	if err != nil || dev != "/dev/loop2" {
 		t.Errorf("Attach = %q, %v; want /dev/loop2", dev, err)
 	}
@@ -390,7 +390,7 @@ func TestAttachLosetupFails(t *testing.T) {
 		Code:   1,
 		Stderr: "losetup: cannot find an unused loop device",
 	})
-	_, err := e.b.Attach(context.Background(), "v")
+	_, err := e.b.Attach(context.Background(), "v", backends.AttachOptions{})
 	var ee *hostexec.ExitError
 	if !errors.As(err, &ee) || !strings.Contains(err.Error(), `"v"`) {
 		t.Errorf("Attach: %v, want a wrapped ExitError naming the volume", err)
@@ -403,14 +403,14 @@ func TestAttachBadOutput(t *testing.T) {
 	e.fake.Expect(hostexec.Call{
 		Argv: []string{"losetup", "--find", "--show", "--nooverlap", e.img("v")},
 	})
-	if dev, err := e.b.Attach(context.Background(), "v"); err == nil {
+	if dev, err := e.b.Attach(context.Background(), "v", backends.AttachOptions{}); err == nil {
 		t.Errorf("Attach with empty losetup output = %q, want an error", dev)
 	}
 }
 
 func TestAttachMissing(t *testing.T) {
 	e := newEnv(t)
-	if _, err := e.b.Attach(context.Background(), "nope"); !errors.Is(err, backends.ErrNotFound) {
+	if _, err := e.b.Attach(context.Background(), "nope", backends.AttachOptions{}); !errors.Is(err, backends.ErrNotFound) {
 		t.Errorf("Attach: %v, want ErrNotFound", err)
 	}
 }
@@ -540,7 +540,7 @@ func TestLeftoverImageWithoutRecord(t *testing.T) {
 	if _, err := e.b.Get(ctx, "crashed"); !errors.Is(err, backends.ErrNotFound) {
 		t.Errorf("Get: %v, want ErrNotFound", err)
 	}
-	if _, err := e.b.Attach(ctx, "crashed"); !errors.Is(err, backends.ErrNotFound) {
+	if _, err := e.b.Attach(ctx, "crashed", backends.AttachOptions{}); !errors.Is(err, backends.ErrNotFound) {
 		t.Errorf("Attach: %v, want ErrNotFound", err)
 	}
 	if err := e.b.Remove(ctx, "crashed"); !errors.Is(err, backends.ErrNotFound) {
@@ -711,7 +711,7 @@ func TestBadNames(t *testing.T) {
 			check("Get", err)
 			check("SetMeta", e.b.SetMeta(ctx, name, nil))
 			check("Remove", e.b.Remove(ctx, name))
-			_, err = e.b.Attach(ctx, name)
+			_, err = e.b.Attach(ctx, name, backends.AttachOptions{})
 			check("Attach", err)
 			check("Detach", e.b.Detach(ctx, name))
 		})
@@ -758,7 +758,7 @@ func TestDataDirSymlinkResolved(t *testing.T) {
 	}
 	// sysfs reports the resolved path; the backend must match it.
 	e.bind(2, e.img("v"))
-	if dev, err := b.Attach(context.Background(), "v"); err != nil || dev != "/dev/loop2" {
+	if dev, err := b.Attach(context.Background(), "v", backends.AttachOptions{}); err != nil || dev != "/dev/loop2" {
 		t.Errorf("Attach = %q, %v", dev, err)
 	}
 }

@@ -85,7 +85,7 @@ func TestRealLoopLifecycle(t *testing.T) {
 	}
 	img := b.imgPath("real")
 
-	dev, err := b.Attach(ctx, "real")
+	dev, err := b.Attach(ctx, "real", backends.AttachOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,7 +113,7 @@ func TestRealLoopLifecycle(t *testing.T) {
 		}
 	}
 
-	again, err := b.Attach(ctx, "real")
+	again, err := b.Attach(ctx, "real", backends.AttachOptions{})
 	if err != nil || again != dev {
 		t.Errorf("second Attach = %q, %v; want %q", again, err, dev)
 	}
@@ -157,7 +157,7 @@ func TestRealLoopDetachWhileOpen(t *testing.T) {
 	if _, err := b.Create(ctx, backends.CreateRequest{Name: "held", SizeBytes: 4 * mib}); err != nil {
 		t.Fatal(err)
 	}
-	dev, err := b.Attach(ctx, "held")
+	dev, err := b.Attach(ctx, "held", backends.AttachOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,7 +19,7 @@ func newBackends(cfg config.Config, run hostexec.Runner, log *slog.Logger) (map[
 		bc := cfg.Backends[name]
 		switch bc.Type {
 		case "loop":
-			b, err := loop.New(loop.Config{DataDir: bc.DataDir}, run, log.With("backend", name))
+			b, err := loop.New(loop.Config{DataDir: bc.Settings.(*config.LoopConfig).DataDir}, run, log.With("backend", name))
 			if err != nil {
 				return nil, fmt.Errorf("backend %s: %w", name, err)
 			}
