@@ -2,55 +2,16 @@ package plugin_test
 
 import (
 	"fmt"
-	"log/slog"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/blockvol/blockvol/backends"
-	"github.com/blockvol/blockvol/backends/loop"
-	"github.com/blockvol/blockvol/fs"
-	"github.com/blockvol/blockvol/hostexec"
 	"github.com/blockvol/blockvol/plugin"
 	"github.com/docker/go-plugins-helpers/volume"
 )
-
-// benchHost is newRealHost for benchmarks.
-func benchHost(b *testing.B) *realHost {
-	b.Helper()
-	if os.Geteuid() != 0 {
-		b.Skip("needs root")
-	}
-	for _, tool := range []string{"losetup", "mkfs.ext4", "blkid"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			b.Skipf("%s not installed", tool)
-		}
-	}
-	root := b.TempDir()
-	h := &realHost{stateDir: filepath.Join(root, "state"), dataDir: filepath.Join(root, "loop"), mntDir: filepath.Join(root, "mnt")}
-	log := slog.New(slog.DiscardHandler)
-	be, err := loop.New(loop.Config{DataDir: h.dataDir}, hostexec.OS{}, log)
-	if err != nil {
-		b.Fatal(err)
-	}
-	h.fs = &fs.FS{Run: hostexec.OS{}, Mounter: fs.SyscallMounter{}, Log: log}
-	h.d, err = plugin.New(plugin.Config{
-		Backends: map[string]backends.Backend{"local": be}, FS: h.fs, ParseMountOpts: fs.ParseMountOptions,
-		StateDir: h.stateDir, MountDir: h.mntDir,
-		Defaults:      plugin.OptionDefaults{Size: "1G", FSType: "ext4", Backend: "local"},
-		CreateTimeout: time.Minute, MountTimeout: time.Minute, OtherTimeout: time.Minute, Log: log,
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(h.cleanup)
-	return h
-}
 
 func must(b *testing.B, err error) {
 	b.Helper()
@@ -74,7 +35,7 @@ func cycle(b *testing.B, d *plugin.Driver, name string) (createMount time.Durati
 // BenchmarkCreateMount: Create+Mount latency of a fresh 1 GiB ext4 volume
 // on the loop backend (attach, mkfs, mount), in-process.
 func BenchmarkCreateMount(b *testing.B) {
-	h := benchHost(b)
+	h := newRealHost(b)
 	var total time.Duration
 	for i := 0; b.Loop(); i++ {
 		total += cycle(b, h.d, fmt.Sprintf("cm%d", i))
@@ -86,7 +47,7 @@ func BenchmarkCreateMount(b *testing.B) {
 // wall time with mounting one: with per-volume locks the ratio stays far
 // below 16.
 func BenchmarkParallelMount16(b *testing.B) {
-	h := benchHost(b)
+	h := newRealHost(b)
 	const n = 16
 	var one, sixteen time.Duration
 	for i := 0; b.Loop(); i++ {
@@ -130,7 +91,7 @@ func BenchmarkParallelMount16(b *testing.B) {
 // BenchmarkQueries10k measures Get, Path and List with 10,000 volumes, and
 // the process's resident memory before and after creating them.
 func BenchmarkQueries10k(b *testing.B) {
-	h := benchHost(b)
+	h := newRealHost(b)
 	rssIdle := vmRSSKiB()
 	const n = 10000
 	for i := 0; i < n; i++ {

@@ -66,10 +66,7 @@ func (d *Driver) Remove(req *volume.RemoveRequest) (err error) {
 	c := d.begin("remove", req.Name, d.cfg.OtherTimeout)
 	defer func() { c.end(err) }()
 	ctx, log := c.ctx, c.log
-	if err := ValidateName(req.Name); err != nil {
-		return err
-	}
-	unlock, err := d.locks.lock(ctx, req.Name)
+	unlock, err := d.acquire(ctx, req.Name)
 	if err != nil {
 		return err
 	}

@@ -59,3 +59,11 @@ func (l *volumeLocks) drop(name string, vl *volumeLock) {
 		delete(l.locks, name)
 	}
 }
+
+// acquire validates a volume name and takes its lock.
+func (d *Driver) acquire(ctx context.Context, name string) (func(), error) {
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	return d.locks.lock(ctx, name)
+}

@@ -24,10 +24,7 @@ func (d *Driver) Mount(req *volume.MountRequest) (_ *volume.MountResponse, err e
 	c := d.begin("mount", req.Name, d.cfg.MountTimeout, "id", shortID(req.ID))
 	defer func() { c.end(err) }()
 	ctx, log := c.ctx, c.log
-	if err := ValidateName(req.Name); err != nil {
-		return nil, err
-	}
-	unlock, err := d.locks.lock(ctx, req.Name)
+	unlock, err := d.acquire(ctx, req.Name)
 	if err != nil {
 		return nil, err
 	}
@@ -185,10 +182,7 @@ func (d *Driver) Unmount(req *volume.UnmountRequest) (err error) {
 	c := d.begin("unmount", req.Name, d.cfg.OtherTimeout, "id", shortID(req.ID))
 	defer func() { c.end(err) }()
 	ctx, log := c.ctx, c.log
-	if err := ValidateName(req.Name); err != nil {
-		return err
-	}
-	unlock, err := d.locks.lock(ctx, req.Name)
+	unlock, err := d.acquire(ctx, req.Name)
 	if err != nil {
 		return err
 	}

@@ -22,13 +22,13 @@ import (
 // realHost is a plugin over the real loop backend and real filesystems,
 // all of its directories in a temporary tree.
 type realHost struct {
-	t                         *testing.T
+	t                         testing.TB
 	stateDir, dataDir, mntDir string
 	d                         *plugin.Driver
 	fs                        *fs.FS
 }
 
-func requireRootTools(t *testing.T) {
+func requireRootTools(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("needs root (loop devices, mount)")
@@ -40,7 +40,7 @@ func requireRootTools(t *testing.T) {
 	}
 }
 
-func newRealHost(t *testing.T) *realHost {
+func newRealHost(t testing.TB) *realHost {
 	t.Helper()
 	requireRootTools(t)
 	root := t.TempDir()
