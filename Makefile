@@ -30,7 +30,12 @@ vet:
 
 # Benchmarks print figures and ratios; they never pass or fail on time.
 bench:
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./...
+	$(GO) test -run '^$$' -bench . -benchtime 20x ./fs/
+	$(GO) test -run '^$$' -bench . ./backends/loop/
+	$(GO) test -run '^$$' -bench 'CreateMount|Parallel' -benchtime 10x ./plugin/
+	$(GO) test -run '^$$' -bench 'Queries10k' -benchtime 2000x ./plugin/
+	$(GO) test -run '^$$' -bench 'CreateRun' -benchtime 10x -timeout 20m ./test/e2e/
+	$(GO) test -run '^$$' -bench 'PluginLoad10k' -benchtime 2000x -timeout 20m ./test/e2e/
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseOptions -fuzztime 30s ./plugin/
