@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"github.com/blockvol/blockvol/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,7 +29,7 @@ const (
 func requireRoot(tb testing.TB) {
 	tb.Helper()
 	if os.Geteuid() != 0 {
-		tb.Skip("needs root (loop devices, mkfs, mount)")
+		testenv.Skip(tb, "needs root (loop devices, mkfs, mount)")
 	}
 }
 
@@ -36,7 +37,7 @@ func requireTools(tb testing.TB, tools ...string) {
 	tb.Helper()
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
-			tb.Skipf("%s not installed: %v", tool, err)
+			testenv.Skip(tb, tool+" not installed: "+err.Error())
 		}
 	}
 }

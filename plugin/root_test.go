@@ -2,6 +2,7 @@ package plugin_test
 
 import (
 	"errors"
+	"github.com/blockvol/blockvol/internal/testenv"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -31,11 +32,11 @@ type realHost struct {
 func requireRootTools(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root (loop devices, mount)")
+		testenv.Skip(t, "needs root (loop devices, mount)")
 	}
 	for _, tool := range []string{"losetup", "mkfs.ext4", "mkfs.xfs", "blkid", "wipefs", "e2fsck"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("%s not installed", tool)
+			testenv.Skip(t, tool+" not installed")
 		}
 	}
 }

@@ -3,6 +3,7 @@ package loop
 import (
 	"context"
 	"errors"
+	"github.com/blockvol/blockvol/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,13 +22,13 @@ import (
 func newRealBackend(t *testing.T) *Backend {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root for loop devices")
+		testenv.Skip(t, "needs root for loop devices")
 	}
 	if _, err := exec.LookPath("losetup"); err != nil {
-		t.Skip("losetup not installed")
+		testenv.Skip(t, "losetup not installed")
 	}
 	if _, err := os.Stat("/dev/loop-control"); err != nil {
-		t.Skip("no /dev/loop-control")
+		testenv.Skip(t, "no /dev/loop-control")
 	}
 	b, err := New(Config{DataDir: t.TempDir()}, hostexec.OS{}, testLogger(t))
 	if err != nil {

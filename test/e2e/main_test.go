@@ -20,6 +20,7 @@ package e2e
 import (
 	"errors"
 	"fmt"
+	"github.com/blockvol/blockvol/internal/testenv"
 	"os"
 	"os/exec"
 	"strings"
@@ -149,7 +150,7 @@ func tearDown() error {
 func requireRoot(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root")
+		testenv.Skip(t, "needs root")
 	}
 }
 
@@ -159,7 +160,7 @@ func requireDocker(t testing.TB) *dockerd {
 	t.Helper()
 	requireRoot(t)
 	if env.skip != "" {
-		t.Skip(env.skip)
+		testenv.Skip(t, env.skip)
 	}
 	if env.setup != nil {
 		t.Fatalf("e2e setup failed: %v", env.setup)

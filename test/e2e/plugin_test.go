@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/blockvol/blockvol/internal/testenv"
 	"net/http"
 	"os"
 	"os/exec"
@@ -87,7 +88,7 @@ func pluginBinary(t testing.TB) string {
 		pluginBin.path = out
 	})
 	if pluginBin.skip != "" {
-		t.Skip(pluginBin.skip)
+		testenv.Skip(t, pluginBin.skip)
 	}
 	if pluginBin.err != nil {
 		t.Fatal(pluginBin.err)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/blockvol/blockvol/internal/testenv"
 	"io"
 	"net/http"
 	"os"
@@ -52,7 +53,7 @@ func privatePlugin(t testing.TB, size string) *Plugin {
 	t.Helper()
 	requireRoot(t)
 	if env.skip != "" {
-		t.Skip(env.skip)
+		testenv.Skip(t, env.skip)
 	}
 	name := fmt.Sprintf("%s%s-sock-%d", runPrefix, env.runID, time.Now().UnixNano()%1_000_000)
 	dir := filepath.Join(env.root, "private", name)
