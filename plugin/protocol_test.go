@@ -125,6 +125,9 @@ func TestProtocolDVDCLISequence(t *testing.T) {
 func TestProtocolDockerSequence(t *testing.T) {
 	h := newHarness(t)
 	c := serveOnSocket(t, h.d)
+	if out := c.ok("VolumeDriver.List", `{}`); out["Volumes"] == nil {
+		t.Fatalf("List of no volumes = %v; want an empty list, not null", out)
+	}
 	// docker volume create without -o sends "Opts": null.
 	c.ok("VolumeDriver.Create", `{"Name":"d1","Opts":null}`)
 	out := c.ok("VolumeDriver.List", `{}`)

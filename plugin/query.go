@@ -54,7 +54,7 @@ func (d *Driver) List() (_ *volume.ListResponse, err error) {
 	defer func() { c.end(err) }()
 	ctx, log := c.ctx, c.log
 	mps := d.recs.mountpoints()
-	var out []*volume.Volume
+	out := []*volume.Volume{} // "[]", never null, on the wire
 	var failures []error
 	for _, bn := range d.cfg.Defaults.Backends {
 		vols, err := d.cfg.Backends[bn].List(ctx)
