@@ -7,10 +7,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -45,6 +47,16 @@ type Config struct {
 	ISCSI ISCSIConfig `toml:"iscsi"`
 	// Backends are decoded per type by Parse (see BackendConfig).
 	Backends map[string]BackendConfig `toml:"-"`
+	// Metrics configures the Prometheus endpoint, off by default.
+	Metrics Metrics `toml:"metrics"`
+}
+
+// Metrics configures the Prometheus endpoint.
+type Metrics struct {
+	// Listen is "unix:/absolute/path" or a loopback "host:port" such as
+	// "127.0.0.1:9273"; "" turns metrics off. The endpoint has no
+	// authentication, so nothing else is accepted.
+	Listen string `toml:"listen"`
 }
 
 // Defaults apply to a Create that does not give the option.
@@ -247,8 +259,39 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("%s %s must be positive and below Docker's own limit of %s", key, t.d, t.limit))
 		}
 	}
+	if err := validateMetricsListen(c.Metrics.Listen); err != nil {
+		errs = append(errs, err)
+	}
 	sort.Slice(errs, func(i, j int) bool { return errs[i].Error() < errs[j].Error() })
 	return errors.Join(errs...)
+}
+
+// validateMetricsListen accepts "", a unix socket path or a loopback
+// address with a port.
+func validateMetricsListen(v string) error {
+	if v == "" {
+		return nil
+	}
+	bad := func(why string) error {
+		return fmt.Errorf("metrics.listen %q %s; use \"unix:/run/blockvol/metrics.sock\" or a loopback address such as \"127.0.0.1:9273\" (the endpoint has no authentication)", v, why)
+	}
+	if path, ok := strings.CutPrefix(v, "unix:"); ok {
+		if !filepath.IsAbs(path) {
+			return bad("must name an absolute socket path")
+		}
+		return nil
+	}
+	host, port, err := net.SplitHostPort(v)
+	if err != nil {
+		return bad("is neither unix:PATH nor host:port")
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return bad("needs a port from 1 to 65535")
+	}
+	if ip := net.ParseIP(host); host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+		return bad("is not a loopback address")
+	}
+	return nil
 }
 
 // BackendNames returns the configured backend names, sorted.

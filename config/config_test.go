@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -70,7 +71,7 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		{`log_level = "loud"`, `log_level "loud" must be one of debug, info, warn, error`},
 		{"[timeouts]\nmount = \"3m\"", "timeouts.mount 3m0s must be positive and below Docker's own limit of 2m0s"},
 		{"[timeouts]\nother = \"soon\"", `"soon" is not a duration`},
-		{"[backends.local]\ntype = \"ceph\"", `backends.local.type "ceph" must be one of loop`},
+		{"[backends.local]\ntype = \"ceph\"", `backends.local.type "ceph" must be one of cinder, iscsitarget, loop`},
 		{"name = ", "expected value"},
 	} {
 		_, err := Parse([]byte(tc.toml))
@@ -94,5 +95,31 @@ func unwrapAll(err error) error {
 			return err
 		}
 		err = u.Unwrap()
+	}
+}
+
+func TestMetricsListen(t *testing.T) {
+	for _, ok := range []string{"", "unix:/run/blockvol/metrics.sock", "127.0.0.1:9273", "127.0.0.53:80", "[::1]:9273", "localhost:9273"} {
+		cfg, err := Parse([]byte("[metrics]\nlisten = " + strconv.Quote(ok)))
+		if err != nil {
+			t.Errorf("metrics.listen %q rejected: %v", ok, err)
+		} else if cfg.Metrics.Listen != ok {
+			t.Errorf("metrics.listen %q read as %q", ok, cfg.Metrics.Listen)
+		}
+	}
+	for _, tc := range []struct{ listen, want string }{
+		{"0.0.0.0:9273", "is not a loopback address"},
+		{":9273", "is not a loopback address"},
+		{"10.0.0.1:9273", "is not a loopback address"},
+		{"metrics.example.com:9273", "is not a loopback address"},
+		{"127.0.0.1", "is neither unix:PATH nor host:port"},
+		{"127.0.0.1:http", "needs a port from 1 to 65535"},
+		{"127.0.0.1:0", "needs a port from 1 to 65535"},
+		{"unix:metrics.sock", "must name an absolute socket path"},
+	} {
+		_, err := Parse([]byte("[metrics]\nlisten = " + strconv.Quote(tc.listen)))
+		if err == nil || !strings.Contains(err.Error(), `metrics.listen "`+tc.listen+`" `+tc.want) {
+			t.Errorf("metrics.listen %q: error %v; want one naming the key and %q", tc.listen, err, tc.want)
+		}
 	}
 }

@@ -1,0 +1,116 @@
+# blockvol iscsitarget helper: the file operations the backend needs on the
+# iSCSI target host. It is not installed there: the backend passes this text
+# as the script of `sh -c SCRIPT blockvol-iscsitarget OP ARG...`, so every
+# value (paths, sizes, records) arrives as a positional parameter and is
+# never parsed as shell syntax. POSIX sh, coreutils and util-linux only.
+#
+# Exit status: 0 done, 3 not found, 4 already exists, 5 the size was refused
+# by the file system; anything else is a failure explained on stderr.
+set -eu
+umask 077
+op=$1
+shift
+
+# dirof FILE: the directory of an absolute path.
+dirof() {
+	d=${1%/*}
+	printf '%s\n' "${d:-/}"
+}
+
+# emit DIR FILE: one NUL-terminated item per existing file:
+#   record NUL dir NUL name NUL <content of name.json> NUL
+#   image  NUL dir NUL name NUL NUL
+emit() {
+	b=${2##*/}
+	[ -f "$2" ] || return 0
+	case $b in
+	*.json)
+		printf 'record\0%s\0%s\0' "$1" "${b%.json}"
+		cat -- "$2"
+		printf '\0'
+		;;
+	*.img) printf 'image\0%s\0%s\0\0' "$1" "${b%.img}" ;;
+	esac
+}
+
+case $op in
+scan)
+	# scan NAME DIR...: the records and images of volume NAME ("" = all)
+	# in each pool directory; "missing NUL dir NUL NUL NUL" for a pool
+	# directory that does not exist.
+	name=$1
+	shift
+	for d in "$@"; do
+		if [ ! -d "$d" ]; then
+			printf 'missing\0%s\0\0\0' "$d"
+			continue
+		fi
+		if [ -n "$name" ]; then
+			emit "$d" "$d/$name.json"
+			emit "$d" "$d/$name.img"
+		else
+			for f in "$d"/*.json "$d"/*.img; do
+				emit "$d" "$f"
+			done
+		fi
+	done
+	;;
+create)
+	# create FILE SIZE: a new sparse file of SIZE bytes, durably.
+	f=$1
+	[ ! -e "$f" ] || exit 4
+	(set -C && : >"$f") 2>/dev/null || exit 4
+	if ! truncate -s "$2" -- "$f"; then
+		rm -f -- "$f"
+		exit 5
+	fi
+	sync -- "$f" "$(dirof "$f")"
+	;;
+write)
+	# write FILE CONTENT: replace FILE atomically and durably (temporary
+	# file, fsync, rename, fsync of the directory).
+	f=$1
+	d=$(dirof "$f")
+	t=$(mktemp -- "$d/.${f##*/}.tmp-XXXXXX")
+	trap 'rm -f -- "$t"' EXIT
+	printf '%s\n' "$2" >"$t"
+	sync -- "$t"
+	mv -f -- "$t" "$f"
+	trap - EXIT
+	sync -- "$d"
+	;;
+remove)
+	# remove FILE...: delete the files, in order, durably; a missing file
+	# is no error.
+	for f in "$@"; do
+		rm -f -- "$f"
+		sync -- "$(dirof "$f")"
+	done
+	;;
+hold)
+	# hold LOCKFILE OWNER: run under flock(1). Records who holds the lock,
+	# says "locked", then holds it until standard input ends.
+	printf '%s\n' "$2" >"$1"
+	echo locked
+	exec cat >/dev/null
+	;;
+owner)
+	# owner LOCKFILE: who took the lock last.
+	cat -- "$1" 2>/dev/null || :
+	;;
+check)
+	# check DIR...: every pool directory exists and is writable, and the
+	# tools this script and the lock use are installed.
+	for d in "$@"; do
+		[ -d "$d" ] || { echo "pool directory $d does not exist" >&2; exit 1; }
+		[ -w "$d" ] || { echo "pool directory $d is not writable" >&2; exit 1; }
+	done
+	for p in flock timeout truncate mktemp sync cat; do
+		command -v "$p" >/dev/null || { echo "$p is not installed" >&2; exit 1; }
+	done
+	;;
+*)
+	echo "unknown operation $op" >&2
+	exit 2
+	;;
+esac

@@ -1,0 +1,211 @@
+package iscsitarget
+
+import (
+	"bytes"
+	"context"
+	_ "embed"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/blockvol/blockvol/backends"
+	"github.com/blockvol/blockvol/hostexec"
+)
+
+// helperScript is run on the target host for every file operation; see
+// helper.sh.
+//
+//go:embed helper.sh
+var helperScript string
+
+// helperName is the helper's $0: what ps(1) on the target host shows.
+const helperName = "blockvol-iscsitarget"
+
+// Exit statuses of the helper.
+const (
+	helperNotFound  = 3
+	helperExists    = 4
+	helperSizeError = 5
+)
+
+// helperArgv is the argv that runs the helper's operation op.
+func helperArgv(op string, args ...string) []string {
+	return append([]string{"sh", "-c", helperScript, helperName, op}, args...)
+}
+
+// helper runs the helper's operation op on the target host.
+func (b *Backend) helper(ctx context.Context, op string, args ...string) ([]byte, error) {
+	argv := helperArgv(op, args...)
+	return b.host.Run(ctx, argv[0], argv[1:]...)
+}
+
+// record is a volume's metadata, <pool>/<name>.json beside its backing
+// file <pool>/<name>.img on the target host. It is the commit point of the
+// volume: a volume exists when its record and backing file both exist.
+type record struct {
+	Name      string            `json:"name"`
+	SizeBytes int64             `json:"size_bytes"`
+	CreatedAt time.Time         `json:"created_at"`
+	Type      string            `json:"type"` // the pool
+	IQN       string            `json:"iqn"`
+	Meta      map[string]string `json:"meta,omitempty"`
+	// Attached names the host that has the volume attached, nil when
+	// none has. It is written before that host is allowed on the target,
+	// and cleared after it is removed again.
+	Attached *attachment `json:"attached,omitempty"`
+}
+
+// attachment is who has a volume attached.
+type attachment struct {
+	Host      string    `json:"host"`
+	Initiator string    `json:"initiator"`
+	Since     time.Time `json:"since"`
+}
+
+func (a *attachment) String() string {
+	return fmt.Sprintf("%s (initiator %s)", a.Host, a.Initiator)
+}
+
+// found is what a scan found of one volume name.
+type found struct {
+	name string
+	// rec is the parsed record and recDir the pool directory holding it;
+	// recErr says why a record file could not be used.
+	rec    *record
+	recDir string
+	recErr error
+	// images are the pool directories holding <name>.img.
+	images []string
+}
+
+// volume reports whether f is a complete volume: a readable record with
+// its backing file beside it.
+func (f *found) volume() bool {
+	return f.rec != nil && contains(f.images, f.recDir)
+}
+
+// scan reads the records and backing files of volume name ("" = every
+// volume) in every pool directory with one helper run. A pool directory
+// that does not exist is an error: it may be a file system that failed to
+// mount on the target host, and its volumes must not be reported missing.
+func (b *Backend) scan(ctx context.Context, name string) (map[string]*found, error) {
+	args := append([]string{name}, b.poolDirs()...)
+	out, err := b.helper(ctx, "scan", args...)
+	if err != nil {
+		return nil, fmt.Errorf("read volume records on the target host: %w", err)
+	}
+	fields := bytes.Split(out, []byte{0})
+	if len(fields)%4 != 1 || len(fields[len(fields)-1]) != 0 {
+		return nil, fmt.Errorf("read volume records on the target host: malformed helper output (%d bytes)", len(out))
+	}
+	all := map[string]*found{}
+	var missing []string
+	for i := 0; i+4 <= len(fields); i += 4 {
+		kind, dir, n, content := string(fields[i]), string(fields[i+1]), string(fields[i+2]), fields[i+3]
+		if kind == "missing" {
+			missing = append(missing, dir)
+			continue
+		}
+		if checkName(n) != nil || (name != "" && n != name) {
+			continue // not a volume file of ours
+		}
+		f := all[n]
+		if f == nil {
+			f = &found{name: n}
+			all[n] = f
+		}
+		switch kind {
+		case "image":
+			f.images = append(f.images, dir)
+		case "record":
+			var r record
+			switch err := json.Unmarshal(content, &r); {
+			case err != nil:
+				f.recErr = fmt.Errorf("parse %s/%s.json: %w", dir, n, err)
+			case r.Name != n || r.SizeBytes <= 0 || r.IQN == "":
+				f.recErr = fmt.Errorf("%s/%s.json is not a record of volume %q", dir, n, n)
+			case f.rec != nil:
+				f.recErr = fmt.Errorf("volume %q has records in both %s and %s", n, f.recDir, dir)
+			default:
+				f.rec, f.recDir = &r, dir
+			}
+		}
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("pool directory %s does not exist on the target host (a file system not mounted there?)", missing[0])
+	}
+	return all, nil
+}
+
+// load returns the record of an existing volume, or an error wrapping
+// backends.ErrNotFound.
+func (b *Backend) load(ctx context.Context, name string) (*found, error) {
+	all, err := b.scan(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	f := all[name]
+	switch {
+	case f == nil:
+		return nil, backends.ErrNotFound
+	case f.recErr != nil:
+		return nil, f.recErr
+	case f.rec == nil:
+		return nil, backends.ErrNotFound // a leftover backing file only
+	case !f.volume():
+		b.log.Warn("hiding volume whose backing file is missing", "volume", name, "record", b.recordPath(f.recDir, name))
+		return nil, fmt.Errorf("backing file %s missing: %w", b.imagePath(f.recDir, name), backends.ErrNotFound)
+	}
+	return f, nil
+}
+
+// writeRecord replaces the record of r.Name in dir atomically.
+func (b *Backend) writeRecord(ctx context.Context, dir string, r *record) error {
+	data, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	if _, err := b.helper(ctx, "write", b.recordPath(dir, r.Name), string(data)); err != nil {
+		return fmt.Errorf("write record of volume %q on the target host: %w", r.Name, err)
+	}
+	return nil
+}
+
+// createImage makes the sparse backing file.
+func (b *Backend) createImage(ctx context.Context, path string, size int64) error {
+	_, err := b.helper(ctx, "create", path, fmt.Sprint(size))
+	if err == nil {
+		return nil
+	}
+	switch hostexec.ExitCode(err) {
+	case helperExists:
+		return fmt.Errorf("backing file %s appeared concurrently: %w", path, backends.ErrExists)
+	case helperSizeError:
+		return fmt.Errorf("the target host's file system refused size %d for %s: %w: %w", size, path, err, backends.ErrInvalid)
+	}
+	return fmt.Errorf("create backing file %s on the target host: %w", path, err)
+}
+
+// removeFiles deletes files on the target host, in order, durably.
+func (b *Backend) removeFiles(ctx context.Context, paths ...string) error {
+	if _, err := b.helper(ctx, "remove", paths...); err != nil {
+		return fmt.Errorf("remove %v on the target host: %w", paths, err)
+	}
+	return nil
+}
+
+// poolDirs lists the pool directories, the default pool first.
+func (b *Backend) poolDirs() []string {
+	dirs := []string{b.pools[b.defaultPool]}
+	for _, t := range b.poolTypes {
+		if t != b.defaultPool {
+			dirs = append(dirs, b.pools[t])
+		}
+	}
+	return dirs
+}
+
+// pool dir paths are absolute and clean, and checkName keeps names to one
+// path element.
+func (b *Backend) imagePath(dir, name string) string  { return dir + "/" + name + ".img" }
+func (b *Backend) recordPath(dir, name string) string { return dir + "/" + name + ".json" }

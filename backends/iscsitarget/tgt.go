@@ -1,0 +1,343 @@
+package iscsitarget
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/blockvol/blockvol/hostexec"
+)
+
+// tgt drives the Linux SCSI target framework (tgtd) with tgtadm(8).
+//
+// tgtd keeps its targets in memory only: after a restart of tgtd (or of
+// the target host) they are gone, and the backend exports them again from
+// its records. tgtadm names targets by a numeric id (tid), which the
+// backend never stores: every change is preceded, under the host lock, by
+// a fresh `--op show` that maps IQNs to tids.
+//
+// tgtadm exits 22 for every refusal; what went wrong is only in its
+// message, which tgtErr matches (the messages are fixed strings in tgtadm,
+// not translated).
+type tgt struct {
+	host Host
+	port int // tgtd's control port (tgtadm -C)
+}
+
+var _ software = (*tgt)(nil)
+
+// tgtadm's messages, as it prints them after "tgtadm: ".
+const (
+	tgtNoTarget      = "can't find the target"
+	tgtTargetExists  = "this target already exists"
+	tgtTargetActive  = "this target is still active"
+	tgtACLExists     = "this access control rule already exists"
+	tgtNoACL         = "this access control rule does not exist"
+	tgtNoAccount     = "can't find the account"
+	tgtAccountExists = "this account already exists"
+	tgtNoSession     = "can't find the session"
+	tgtNoConnection  = "can't find the connection"
+)
+
+// errTgtdDown marks a tgtadm that could not talk to tgtd.
+var errTgtdDown = errors.New("tgtd not answering")
+
+func (t *tgt) run(ctx context.Context, args ...string) ([]byte, error) {
+	argv := append([]string{"-C", strconv.Itoa(t.port), "--lld", "iscsi"}, args...)
+	out, err := t.host.Run(ctx, "tgtadm", argv...)
+	if err != nil && isTgtdDown(err) {
+		return out, fmt.Errorf("tgtd is not answering on control port %d of the target host (is it running?): %w: %w", t.port, errTgtdDown, err)
+	}
+	return out, err
+}
+
+// isTgtdDown reports a tgtadm that could not reach tgtd's control socket.
+func isTgtdDown(err error) bool {
+	msg := tgtErr(err)
+	return strings.Contains(msg, "can't connect to tgt daemon") ||
+		strings.Contains(msg, "to tgt daemon") || strings.Contains(msg, "can't get the response")
+}
+
+// tgtErr returns tgtadm's message, or "" when err is not a tgtadm refusal.
+func tgtErr(err error) string {
+	var ee *hostexec.ExitError
+	if !errors.As(err, &ee) {
+		return ""
+	}
+	msg := strings.TrimSpace(ee.Stderr)
+	if i := strings.LastIndexByte(msg, '\n'); i >= 0 {
+		msg = msg[i+1:]
+	}
+	return strings.TrimPrefix(msg, "tgtadm: ")
+}
+
+func (t *tgt) list(ctx context.Context) (map[string]*export, error) {
+	out, err := t.run(ctx, "--mode", "target", "--op", "show")
+	if err != nil {
+		return nil, fmt.Errorf("list iSCSI targets: %w", err)
+	}
+	return parseTgtShow(string(out))
+}
+
+// parseTgtShow parses `tgtadm --mode target --op show`:
+//
+//	Target 1: iqn.2024-01.org.example:vol1
+//	    System information:
+//	        Driver: iscsi
+//	        State: ready
+//	    I_T nexus information:
+//	        I_T nexus: 2
+//	            Initiator: iqn.1993-08.org.debian:01:abc alias: node1
+//	            Connection: 0
+//	                IP Address: 192.0.2.7
+//	    LUN information:
+//	        LUN: 0
+//	            Type: controller
+//	            ...
+//	        LUN: 1
+//	            Type: disk
+//	            ...
+//	            Backing store path: /srv/blockvol/vol1.img
+//	            Backing store flags:
+//	    Account information:
+//	        blockvol
+//	    ACL information:
+//	        iqn.1993-08.org.debian:01:abc
+func parseTgtShow(out string) (map[string]*export, error) {
+	exports := map[string]*export{}
+	var cur *export
+	var sess *session
+	section, curLUN := "", -1
+	sc := bufio.NewScanner(strings.NewReader(out))
+	sc.Buffer(make([]byte, 64*1024), 16<<20)
+	for sc.Scan() {
+		raw := sc.Text()
+		line := strings.TrimSpace(raw)
+		if line == "" {
+			continue
+		}
+		if rest, ok := strings.CutPrefix(raw, "Target "); ok {
+			id, iqn, ok := strings.Cut(rest, ": ")
+			tid, err := strconv.Atoi(id)
+			if !ok || err != nil || iqn == "" {
+				return nil, fmt.Errorf("unexpected tgtadm output line %q", raw)
+			}
+			cur = &export{iqn: iqn, tid: tid}
+			exports[iqn] = cur
+			section, sess, curLUN = "", nil, -1
+			continue
+		}
+		if cur == nil {
+			return nil, fmt.Errorf("unexpected tgtadm output line %q", raw)
+		}
+		switch line {
+		case "System information:", "I_T nexus information:", "LUN information:", "Account information:", "ACL information:":
+			section = line
+			continue
+		}
+		key, value, _ := strings.Cut(line, ": ")
+		switch section {
+		case "I_T nexus information:":
+			switch key {
+			case "I_T nexus":
+				id, err := strconv.Atoi(value)
+				if err != nil {
+					return nil, fmt.Errorf("unexpected tgtadm output line %q", raw)
+				}
+				cur.sessions = append(cur.sessions, session{id: id})
+				sess = &cur.sessions[len(cur.sessions)-1]
+			case "Initiator":
+				if sess != nil {
+					// "iqn... alias: node1", or the name alone.
+					sess.initiator, _, _ = strings.Cut(value, " ")
+				}
+			case "Connection":
+				cid, err := strconv.Atoi(value)
+				if err != nil || sess == nil {
+					return nil, fmt.Errorf("unexpected tgtadm output line %q", raw)
+				}
+				sess.conns = append(sess.conns, cid)
+			}
+		case "LUN information:":
+			switch key {
+			case "LUN":
+				n, err := strconv.Atoi(value)
+				if err != nil {
+					return nil, fmt.Errorf("unexpected tgtadm output line %q", raw)
+				}
+				curLUN = n
+			case "Backing store path":
+				if curLUN == lun && value != "None" {
+					cur.file = value
+				}
+			}
+		case "Account information:":
+			if !strings.HasSuffix(line, " (outgoing)") {
+				cur.accounts = append(cur.accounts, line)
+			}
+		case "ACL information:":
+			cur.acl = append(cur.acl, line)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("read tgtadm output: %w", err)
+	}
+	return exports, nil
+}
+
+func (t *tgt) export(ctx context.Context, current map[string]*export, iqn, file string) (*export, error) {
+	for attempt := 0; ; attempt++ {
+		tid := 1
+		for _, e := range current {
+			tid = max(tid, e.tid+1)
+		}
+		_, err := t.run(ctx, "--mode", "target", "--op", "new", "--tid", strconv.Itoa(tid), "--targetname", iqn)
+		if tgtErr(err) == tgtTargetExists && attempt < 2 {
+			// Someone else (not blockvol: we hold the lock) took the
+			// tid meanwhile, or tgtd was restarted: look again.
+			if current, err = t.list(ctx); err != nil {
+				return nil, err
+			}
+			if _, ok := current[iqn]; ok {
+				return nil, fmt.Errorf("iSCSI target %s appeared on the target host while being created", iqn)
+			}
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("create iSCSI target %s (tid %d): %w", iqn, tid, err)
+		}
+		e := &export{iqn: iqn, tid: tid}
+		if _, err := t.run(ctx, "--mode", "logicalunit", "--op", "new", "--tid", strconv.Itoa(tid), "--lun", strconv.Itoa(lun), "--backing-store", file); err != nil {
+			err = fmt.Errorf("add LUN %d backed by %s to iSCSI target %s: %w", lun, file, iqn, err)
+			if uerr := t.unexport(context.WithoutCancel(ctx), e); uerr != nil {
+				err = errors.Join(err, fmt.Errorf("undo: %w", uerr))
+			}
+			return nil, err
+		}
+		e.file = file
+		current[iqn] = e
+		return e, nil
+	}
+}
+
+func (t *tgt) unexport(ctx context.Context, e *export) error {
+	_, err := t.run(ctx, "--mode", "target", "--op", "delete", "--tid", strconv.Itoa(e.tid))
+	switch tgtErr(err) {
+	case tgtNoTarget:
+		return nil
+	case tgtTargetActive:
+		return fmt.Errorf("delete iSCSI target %s: initiators are still logged in", e.iqn)
+	}
+	if err != nil {
+		return fmt.Errorf("delete iSCSI target %s: %w", e.iqn, err)
+	}
+	return nil
+}
+
+func (t *tgt) allow(ctx context.Context, e *export, initiator string) error {
+	_, err := t.run(ctx, "--mode", "target", "--op", "bind", "--tid", strconv.Itoa(e.tid), "--initiator-name", initiator)
+	if err != nil && tgtErr(err) != tgtACLExists {
+		return fmt.Errorf("allow initiator %s on iSCSI target %s: %w", initiator, e.iqn, err)
+	}
+	if !contains(e.acl, initiator) {
+		e.acl = append(e.acl, initiator)
+	}
+	return nil
+}
+
+func (t *tgt) deny(ctx context.Context, e *export, entry string) error {
+	kind := "--initiator-name"
+	if isAddressACL(entry) {
+		kind = "--initiator-address"
+	}
+	_, err := t.run(ctx, "--mode", "target", "--op", "unbind", "--tid", strconv.Itoa(e.tid), kind, entry)
+	if err != nil && tgtErr(err) != tgtNoACL && tgtErr(err) != tgtNoTarget {
+		return fmt.Errorf("remove %s from the ACL of iSCSI target %s: %w", entry, e.iqn, err)
+	}
+	acl := e.acl[:0]
+	for _, a := range e.acl {
+		if a != entry {
+			acl = append(acl, a)
+		}
+	}
+	e.acl = acl
+	return nil
+}
+
+// isAddressACL tells the address entries of tgt's ACL list ("ALL", an IP
+// address or network) from initiator names, which it lists alongside.
+func isAddressACL(entry string) bool {
+	if entry == "ALL" || net.ParseIP(entry) != nil {
+		return true
+	}
+	_, _, err := net.ParseCIDR(entry)
+	return err == nil
+}
+
+func (t *tgt) disconnect(ctx context.Context, e *export, initiator string) error {
+	var errs []error
+	kept := e.sessions[:0]
+	for _, s := range e.sessions {
+		if s.initiator != initiator {
+			kept = append(kept, s)
+			continue
+		}
+		for _, cid := range s.conns {
+			_, err := t.run(ctx, "--mode", "conn", "--op", "delete", "--tid", strconv.Itoa(e.tid), "--sid", strconv.Itoa(s.id), "--cid", strconv.Itoa(cid))
+			if err != nil && tgtErr(err) != tgtNoSession && tgtErr(err) != tgtNoConnection {
+				errs = append(errs, fmt.Errorf("close connection %d of session %d of initiator %s on iSCSI target %s: %w", cid, s.id, initiator, e.iqn, err))
+			}
+		}
+	}
+	e.sessions = kept
+	return errors.Join(errs...)
+}
+
+func (t *tgt) bindAccount(ctx context.Context, e *export, user, password string) error {
+	bind := func() error {
+		_, err := t.run(ctx, "--mode", "account", "--op", "bind", "--tid", strconv.Itoa(e.tid), "--user", user)
+		if tgtErr(err) == tgtAccountExists { // tgt's answer when it is bound already
+			return nil
+		}
+		return err
+	}
+	err := bind()
+	if tgtErr(err) == tgtNoAccount {
+		_, err = t.run(ctx, "--mode", "account", "--op", "new", "--user", user, "--password", password)
+		if err != nil && tgtErr(err) != tgtAccountExists {
+			// The error's argv holds the password: keep only the text
+			// (which never has the argv), and drop the chain.
+			msg := strings.ReplaceAll(err.Error(), password, "<redacted>")
+			if errors.Is(err, errTgtdDown) {
+				return fmt.Errorf("create CHAP account %s on the target host: %s: %w", user, msg, errTgtdDown)
+			}
+			return fmt.Errorf("create CHAP account %s on the target host: %s", user, msg)
+		}
+		err = bind()
+	}
+	if err != nil {
+		return fmt.Errorf("require CHAP account %s on iSCSI target %s: %w", user, e.iqn, err)
+	}
+	if !contains(e.accounts, user) {
+		e.accounts = append(e.accounts, user)
+	}
+	return nil
+}
+
+func (t *tgt) check(ctx context.Context) error {
+	out, err := t.run(ctx, "--mode", "sys", "--op", "show")
+	if err != nil {
+		return err
+	}
+	// "LLDs:" is followed by "    iscsi: ready" when tgtd serves iSCSI.
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.TrimSpace(line) == "iscsi: ready" {
+			return nil
+		}
+	}
+	return fmt.Errorf("tgtd on control port %d of the target host answers, but its iSCSI driver is not ready (`tgtadm -C %d --mode sys --op show`)", t.port, t.port)
+}
