@@ -16,7 +16,13 @@ var version = "dev"
 const usage = `usage: blockvol <command> [flags]
 
 commands:
-  serve [--config FILE]   serve the Docker volume plugin socket
+  serve [--config FILE]   serve the Docker volume plugin socket (takes the
+                          socket from systemd when socket-activated)
+  volume ls|inspect|create|rm|mount|unmount
+                          manage volumes through the running plugin
+                          (blockvol volume --help)
+  doctor                  check this host, the configuration, the socket
+                          and the backends (blockvol doctor --help)
   version                 print the version
 `
 
@@ -42,6 +48,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 1
 		}
 		return 0
+	case "volume", "volumes":
+		return volumeCmd(args[1:], stdout, stderr)
+	case "doctor":
+		return doctorCmd(args[1:], stdout, stderr)
 	case "version", "--version":
 		fmt.Fprintln(stdout, version)
 		return 0

@@ -16,13 +16,20 @@ import (
 	"time"
 
 	"github.com/blockvol/blockvol/config"
+	"github.com/blockvol/blockvol/metrics"
+	"github.com/blockvol/blockvol/plugin"
+	"github.com/coreos/go-systemd/v22/activation"
+	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/docker/go-plugins-helpers/volume"
 )
 
 const defaultConfigPath = config.DefaultPath
 
 // shutdownGrace bounds how long a SIGTERM waits for operations in flight.
-const shutdownGrace = 90 * time.Second
+// It is above every call's own deadline (create and mount 100 s at most,
+// each ending with its undo), so an operation normally finishes or rolls
+// back on its own; systemd/blockvol.service's TimeoutStopSec is above it.
+const shutdownGrace = 150 * time.Second
 
 // recoverTimeout bounds the reconciliation of earlier state at start.
 const recoverTimeout = 2 * time.Minute
@@ -35,18 +42,35 @@ func serve(configPath string, stderr io.Writer) error {
 	log := newLogger(cfg.LogLevel, stderr)
 	slog.SetDefault(log)
 
-	// Bind first: Docker must find the socket even while we recover.
-	l, err := listen(cfg.Socket, cfg.SocketGroup)
+	// Bind first (or take systemd's socket): Docker must find the socket
+	// even while we recover.
+	l, activated, err := pluginListener(cfg, log)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(cfg.Socket)
+	if !activated {
+		// Our own socket goes with us: a socket file nobody answers on
+		// stalls Docker ~15 s per call. systemd's socket stays: systemd
+		// owns it and queues connections until we are started again.
+		defer os.Remove(cfg.Socket)
+	}
 	defer l.Close()
-	log.Info("listening", "socket", cfg.Socket, "name", cfg.Name, "version", version)
+	log.Info("listening", "socket", l.Addr().String(), "activated", activated, "name", cfg.Name, "version", version)
 
-	drv, err := newDriver(cfg, log, nil)
+	var obs plugin.Observer
+	var m *metrics.Metrics
+	if cfg.Metrics.Listen != "" {
+		m = metrics.New()
+		obs = m
+	}
+	drv, err := newDriver(cfg, log, obs)
 	if err != nil {
 		return err
+	}
+	if m != nil {
+		m.SetStats(drv)
+		stop := startMetrics(m, cfg.Metrics.Listen, log)
+		defer stop()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), recoverTimeout)
 	if err := drv.Recover(ctx); err != nil {
@@ -56,17 +80,55 @@ func serve(configPath string, stderr io.Writer) error {
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	notify(log, daemon.SdNotifyReady)
+	return serveUntilSignal(l, drv, sigs, shutdownGrace, log)
+}
+
+// waitingDriver is a volume.Driver that can wait for its calls in flight
+// (plugin.Driver).
+type waitingDriver interface {
+	volume.Driver
+	Wait(ctx context.Context) error
+}
+
+// serveUntilSignal serves drv on l until a signal arrives, then stops
+// accepting connections, lets the calls in flight finish or roll back (at
+// most grace) and waits until their answers are written.
+func serveUntilSignal(l net.Listener, drv waitingDriver, sigs <-chan os.Signal, grace time.Duration, log *slog.Logger) error {
+	tl := trackConns(l)
 	served := make(chan error, 1)
-	go func() { served <- volume.NewHandler(drv).Serve(l) }()
+	go func() { served <- volume.NewHandler(drv).Serve(tl) }()
 
 	select {
 	case sig := <-sigs:
-		log.Info("stopping", "signal", sig.String())
-		l.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
+		log.Info("stopping: no new requests; waiting for the ones in flight", "signal", sig.String(), "grace", grace)
+		notify(log, daemon.SdNotifyStopping)
+		tl.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), grace)
 		defer cancel()
-		if err := drv.Wait(ctx); err != nil {
-			return fmt.Errorf("operations still running after %s: %w", shutdownGrace, err)
+		// A second signal is an operator who will not wait: exit now,
+		// and leave the rest to the crash recovery of the next start.
+		forced := make(chan struct{})
+		go func() {
+			select {
+			case <-sigs:
+				close(forced)
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		err := drv.Wait(ctx)
+		if err == nil {
+			err = tl.drain(ctx)
+		}
+		select {
+		case <-forced:
+			return errors.New("a second signal ended the wait for operations in flight; the next start finishes or rolls them back")
+		default:
+		}
+		if err != nil {
+			return fmt.Errorf("operations still running after %s (the next start finishes or rolls them back): %w", grace, err)
 		}
 		log.Info("stopped")
 		return nil
@@ -75,10 +137,76 @@ func serve(configPath string, stderr io.Writer) error {
 	}
 }
 
+// notify tells systemd (Type=notify) about our state; without systemd
+// (no NOTIFY_SOCKET) it does nothing.
+func notify(log *slog.Logger, state string) {
+	if _, err := daemon.SdNotify(false, state); err != nil {
+		log.Warn("could not notify systemd", "state", state, "err", err)
+	}
+}
+
+// startMetrics serves the metrics endpoint in the background and returns
+// the function that stops it. A listener that cannot be bound is logged,
+// not fatal: Docker's volumes matter more than their metrics.
+func startMetrics(m *metrics.Metrics, addr string, log *slog.Logger) (stop func()) {
+	ml, err := metrics.Listen(addr)
+	if err != nil {
+		log.Error("metrics disabled", "listen", addr, "err", err)
+		return func() {}
+	}
+	log.Info("serving metrics", "listen", addr)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := m.Serve(ctx, ml); err != nil {
+			log.Error("metrics server stopped", "err", err)
+		}
+	}()
+	return func() { cancel(); <-done }
+}
+
 func newLogger(level string, w io.Writer) *slog.Logger {
 	var lv slog.Level
 	_ = lv.UnmarshalText([]byte(level)) // validated by config
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lv}))
+}
+
+// pluginListener returns the socket systemd passed us (socket activation:
+// LISTEN_FDS/LISTEN_PID, blockvol.socket) or, without one, binds
+// cfg.Socket itself. activated reports the former.
+func pluginListener(cfg config.Config, log *slog.Logger) (l net.Listener, activated bool, err error) {
+	ls, err := activation.Listeners()
+	if err != nil {
+		return nil, false, fmt.Errorf("socket activation: %w", err)
+	}
+	switch len(ls) {
+	case 0:
+		l, err := listen(cfg.Socket, cfg.SocketGroup)
+		return l, false, err
+	case 1:
+		ul, ok := ls[0].(*net.UnixListener)
+		if !ok {
+			if ls[0] != nil {
+				ls[0].Close()
+			}
+			return nil, false, errors.New("socket activation: the socket systemd passed is not a listening unix stream socket; blockvol.socket needs ListenStream=/run/docker/plugins/<name>.sock")
+		}
+		// Never unlink systemd's socket file when we exit.
+		ul.SetUnlinkOnClose(false)
+		if got := ul.Addr().String(); got != cfg.Socket {
+			log.Warn("the activated socket is not the configured one; Docker finds the plugin by the activated socket's name",
+				"activated", got, "socket", cfg.Socket)
+		}
+		return ul, true, nil
+	default:
+		for _, l := range ls {
+			if l != nil {
+				l.Close()
+			}
+		}
+		return nil, false, fmt.Errorf("socket activation: systemd passed %d sockets; blockvol.socket must have exactly one ListenStream=", len(ls))
+	}
 }
 
 // listen binds the plugin socket, mode 0660, owned by root and group. A
