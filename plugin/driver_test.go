@@ -518,3 +518,18 @@ func TestObserverAndStats(t *testing.T) {
 		t.Fatalf("Stats after unmount = %d, %d", a, m)
 	}
 }
+
+func TestCreateSurvivesAnotherBackendsOutage(t *testing.T) {
+	h := newHarness(t)
+	broken := newFakeBackend()
+	broken.getErr = errors.New("connection refused")
+	h.d.cfg.Backends["remote"] = broken
+	h.d.cfg.Defaults.Backends = []string{"local", "remote"}
+	if err := h.d.Create(&volume.CreateRequest{Name: "v"}); err != nil {
+		t.Fatalf("Create on a working backend failed because another is down: %v", err)
+	}
+	err := h.d.Create(&volume.CreateRequest{Name: "w", Options: map[string]string{"backend": "remote"}})
+	if err == nil || !strings.Contains(err.Error(), "connection refused") {
+		t.Fatalf("Create on the unreachable backend = %v", err)
+	}
+}

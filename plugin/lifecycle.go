@@ -1,8 +1,10 @@
 package plugin
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"github.com/blockvol/blockvol/backends"
 	"github.com/docker/go-plugins-helpers/volume"
@@ -30,11 +32,11 @@ func (d *Driver) Create(req *volume.CreateRequest) (err error) {
 	}
 	defer unlock()
 
-	if _, bn, err := d.lookup(ctx, req.Name); err == nil {
+	if bn, err := d.existing(ctx, log, req.Name, opts.Backend); err != nil {
+		return err
+	} else if bn != "" {
 		log.Info("volume exists already; options of this create ignored", "backend", bn)
 		return nil
-	} else if !errors.Is(err, ErrNotFound) {
-		return err
 	}
 	be := d.cfg.Backends[opts.Backend]
 	_, err = be.Create(ctx, backends.CreateRequest{
@@ -58,6 +60,28 @@ func (d *Driver) Create(req *volume.CreateRequest) (err error) {
 	d.remember(req.Name, opts.Backend)
 	log.Info("volume created", "backend", opts.Backend, "size_bytes", opts.SizeBytes, "fstype", opts.FSType)
 	return nil
+}
+
+// existing returns the backend that already has a volume called name, or
+// "". Only the backend that would create the volume must answer: another
+// backend that cannot be reached is logged and passed over, so that one
+// outage does not stop creates everywhere (the target backend still
+// refuses a duplicate within itself).
+func (d *Driver) existing(ctx context.Context, log *slog.Logger, name, target string) (string, error) {
+	for _, bn := range d.cfg.Defaults.Backends {
+		_, err := d.cfg.Backends[bn].Get(ctx, name)
+		switch {
+		case err == nil:
+			d.remember(name, bn)
+			return bn, nil
+		case errors.Is(err, backends.ErrNotFound):
+		case bn == target:
+			return "", fmt.Errorf("volume %q cannot be created: backend %s: %w", name, bn, err)
+		default:
+			log.Warn("backend not reachable; cannot tell whether it has a volume of this name", "backend", bn, "err", err)
+		}
+	}
+	return "", nil
 }
 
 // Remove deletes a volume and its data. It refuses a volume that has users

@@ -484,9 +484,16 @@ func (b *Backend) Remove(ctx context.Context, name string) error {
 	return nil
 }
 
-// Attach implements backends.Backend. A loop device already backed by the
-// image is returned as is; otherwise `losetup --find --show --nooverlap`
-// makes one (and itself reuses a device another process set up meanwhile).
+// Attach implements backends.Backend. A live loop device already backed
+// by the image is returned as is; otherwise `losetup --find --show
+// --nooverlap` makes one (and itself reuses a device another process set up
+// meanwhile).
+//
+// A device whose detach is still pending (autoclear set, kept alive by a
+// process that has it open, such as udev's probe) is never returned: it
+// vanishes under its user when that process closes it. Attach waits for
+// such devices to go, briefly, and then attaches a fresh device beside
+// them, without --nooverlap (which would hand back the dying one).
 func (b *Backend) Attach(ctx context.Context, name string, _ backends.AttachOptions) (string, error) {
 	const op = "attach"
 	if err := checkName(name); err != nil {
@@ -502,15 +509,25 @@ func (b *Backend) Attach(ctx context.Context, name string, _ backends.AttachOpti
 		return "", opErr(op, name, err)
 	}
 	img := b.imgPath(name)
-	devs, err := b.devicesOf(img)
+	devs, err := b.waitDetached(ctx, img)
 	if err != nil {
 		return "", opErr(op, name, err)
 	}
-	if len(devs) > 0 {
-		log.Debug("already attached", slog.String("device", devs[0]))
-		return devs[0], nil
+	var dying []string
+	for _, dev := range devs {
+		if b.autoclear(dev) {
+			dying = append(dying, dev)
+			continue
+		}
+		log.Debug("already attached", slog.String("device", dev))
+		return dev, nil
 	}
-	out, err := b.run.Run(ctx, "losetup", "--find", "--show", "--nooverlap", img)
+	args := []string{"--find", "--show", "--nooverlap", img}
+	if len(dying) > 0 {
+		log.Warn("a loop device of this image is still being detached; attaching a fresh one", slog.Any("detaching", dying))
+		args = []string{"--find", "--show", img}
+	}
+	out, err := b.run.Run(ctx, "losetup", args...)
 	if err != nil {
 		return "", opErrf(op, name, "losetup: %w", err)
 	}
@@ -656,12 +673,18 @@ func (b *Backend) waitDetached(ctx context.Context, img string) ([]string, error
 
 func (b *Backend) allAutoclear(devs []string) bool {
 	for _, dev := range devs {
-		data, err := os.ReadFile(filepath.Join(b.sys, "block", filepath.Base(dev), "loop", "autoclear"))
-		if err != nil || strings.TrimSpace(string(data)) != "1" {
+		if !b.autoclear(dev) {
 			return false
 		}
 	}
 	return true
+}
+
+// autoclear reports whether dev is marked to be freed by the kernel once
+// its last user closes it: a detach that is still pending.
+func (b *Backend) autoclear(dev string) bool {
+	data, err := os.ReadFile(filepath.Join(b.sys, "block", filepath.Base(dev), "loop", "autoclear"))
+	return err == nil && strings.TrimSpace(string(data)) == "1"
 }
 
 // sweep removes, at start-up, debris of operations interrupted by a crash:

@@ -826,3 +826,44 @@ func TestListCanceled(t *testing.T) {
 		t.Errorf("List: %v, want context.Canceled", err)
 	}
 }
+
+// A device whose detach is still pending must never be handed out: it
+// vanishes when the process holding it open lets go.
+func TestAttachNeverReturnsDeviceBeingDetached(t *testing.T) {
+	e := newEnv(t)
+	e.create("v", 4096, nil)
+	e.bind(4, e.img("v"))
+	e.setAutoclear(4) // detached while udev still had it open
+	e.fake.Expect(hostexec.Call{
+		Argv:   []string{"losetup", "--find", "--show", e.img("v")},
+		Stdout: "/dev/loop6\n",
+		Do:     func() { e.bind(6, e.img("v")) },
+	})
+	dev, err := e.b.Attach(context.Background(), "v", backends.AttachOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dev != "/dev/loop6" {
+		t.Fatalf("Attach = %q; want a fresh device, not the dying /dev/loop4", dev)
+	}
+}
+
+func TestAttachWaitsForPendingDetachToFinish(t *testing.T) {
+	e := newEnv(t)
+	e.create("v", 4096, nil)
+	e.bind(4, e.img("v"))
+	e.setAutoclear(4)
+	go func() {
+		time.Sleep(20 * time.Millisecond)
+		e.unbind(4) // the holder closed it; the kernel freed it
+	}()
+	e.fake.Expect(hostexec.Call{
+		Argv:   []string{"losetup", "--find", "--show", "--nooverlap", e.img("v")},
+		Stdout: "/dev/loop4\n",
+		Do:     func() { e.bind(4, e.img("v")) },
+	})
+	dev, err := e.b.Attach(context.Background(), "v", backends.AttachOptions{})
+	if err != nil || dev != "/dev/loop4" {
+		t.Fatalf("Attach = %q, %v", dev, err)
+	}
+}

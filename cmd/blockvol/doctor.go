@@ -23,6 +23,7 @@ import (
 	"github.com/blockvol/blockvol/backends/loop"
 	"github.com/blockvol/blockvol/config"
 	"github.com/blockvol/blockvol/hostexec"
+	"github.com/blockvol/blockvol/iscsi"
 )
 
 const doctorUsage = `usage: blockvol doctor [--config FILE] [--socket PATH] [--json]
@@ -442,13 +443,13 @@ func backendChecker(name string, cfg config.Config) (backends.Checker, error) {
 	if lc, ok := bc.Settings.(*config.LoopConfig); ok {
 		return loop.NewChecker(loop.Config{DataDir: lc.DataDir}), nil
 	}
-	one := cfg
-	one.Backends = map[string]config.BackendConfig{name: bc}
-	bes, err := newBackends(one, hostexec.OS{}, slog.New(slog.DiscardHandler))
+	run := hostexec.OS{}
+	log := slog.New(slog.DiscardHandler)
+	b, _, err := newBackend(bc, run, func() (*iscsi.Initiator, error) { return newInitiator(cfg, run, log) }, log)
 	if err != nil {
 		return nil, err
 	}
-	if c, ok := bes[name].(backends.Checker); ok {
+	if c, ok := b.(backends.Checker); ok {
 		return c, nil
 	}
 	return nil, nil

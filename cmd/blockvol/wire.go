@@ -15,57 +15,64 @@ import (
 	"github.com/blockvol/blockvol/plugin"
 )
 
-// newBackends builds every configured backend.
-func newBackends(cfg config.Config, run hostexec.Runner, log *slog.Logger) (map[string]backends.Backend, error) {
-	bes := map[string]backends.Backend{}
+// newBackends builds every configured backend. A backend that cannot be
+// built (a missing SSH key, an unreadable data directory) is logged and
+// replaced by a stand-in that answers every call with the reason, so that
+// the plugin still serves its socket and Docker does not disable it.
+func newBackends(cfg config.Config, run hostexec.Runner, log *slog.Logger) map[string]backends.Backend {
 	var ini *iscsi.Initiator // this host's initiator, shared by the iSCSI backends
+	initiator := func() (*iscsi.Initiator, error) {
+		if ini != nil {
+			return ini, nil
+		}
+		var err error
+		ini, err = newInitiator(cfg, run, log)
+		return ini, err
+	}
+	bes := map[string]backends.Backend{}
 	for _, name := range cfg.BackendNames() {
 		bc := cfg.Backends[name]
-		switch bc.Type {
-		case "loop":
-			b, err := loop.New(loop.Config{DataDir: bc.Settings.(*config.LoopConfig).DataDir}, run, log.With("backend", name))
-			if err != nil {
-				return nil, fmt.Errorf("backend %s: %w", name, err)
-			}
-			bes[name] = b
-		case "iscsitarget":
-			if ini == nil {
-				var err error
-				if ini, err = newInitiator(cfg, run, log); err != nil {
-					return nil, fmt.Errorf("backend %s: %w", name, err)
-				}
-			}
-			b, err := iscsitarget.NewFromConfig(bc.Settings.(*config.ISCSITargetConfig), ini, run, log.With("backend", name))
-			if err != nil {
-				return nil, fmt.Errorf("backend %s: %w", name, err)
-			}
-			bes[name] = b
-		case "cinder":
-			if ini == nil {
-				var err error
-				if ini, err = newInitiator(cfg, run, log); err != nil {
-					return nil, fmt.Errorf("backend %s: %w", name, err)
-				}
-			}
-			b, err := cinder.NewFromConfig(bc.Settings.(*config.CinderConfig), ini, log.With("backend", name))
-			if err != nil {
-				return nil, fmt.Errorf("backend %s: %w", name, err)
-			}
-			bes[name] = b
-		default:
-			return nil, fmt.Errorf("backend %s: unknown type %q", name, bc.Type)
+		blog := log.With("backend", name)
+		b, scope, err := newBackend(bc, run, initiator, blog)
+		if err != nil {
+			blog.Error("backend unavailable; its volumes fail with this reason until the plugin is restarted with it fixed", "type", bc.Type, "err", err)
+			b = backends.Unavailable(name, scope, err)
 		}
+		bes[name] = b
 	}
-	return bes, nil
+	return bes
+}
+
+// newBackend builds one backend. Its scope is returned even on failure,
+// for the stand-in.
+func newBackend(bc config.BackendConfig, run hostexec.Runner, initiator func() (*iscsi.Initiator, error), log *slog.Logger) (backends.Backend, string, error) {
+	switch s := bc.Settings.(type) {
+	case *config.LoopConfig:
+		b, err := loop.New(loop.Config{DataDir: s.DataDir}, run, log)
+		return b, backends.ScopeLocal, err
+	case *config.ISCSITargetConfig:
+		ini, err := initiator()
+		if err != nil {
+			return nil, backends.ScopeGlobal, err
+		}
+		b, err := iscsitarget.NewFromConfig(s, ini, run, log)
+		return b, backends.ScopeGlobal, err
+	case *config.CinderConfig:
+		ini, err := initiator()
+		if err != nil {
+			return nil, backends.ScopeGlobal, err
+		}
+		b, err := cinder.NewFromConfig(s, ini, log)
+		return b, backends.ScopeGlobal, err
+	default:
+		return nil, backends.ScopeLocal, fmt.Errorf("unknown backend type %q", bc.Type)
+	}
 }
 
 // newDriver wires the plugin: backends, filesystems, state.
 func newDriver(cfg config.Config, log *slog.Logger, obs plugin.Observer) (*plugin.Driver, error) {
 	run := hostexec.OS{}
-	bes, err := newBackends(cfg, run, log)
-	if err != nil {
-		return nil, err
-	}
+	bes := newBackends(cfg, run, log)
 	filesystems := &fs.FS{Run: run, Mounter: fs.SyscallMounter{}, Log: log}
 	return plugin.New(plugin.Config{
 		Backends:       bes,
