@@ -4,7 +4,7 @@ PREFIX  ?= /usr/local
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: build install test unit bench fuzz vet clean
+.PHONY: build install test unit bench fuzz vet clean e2e-vm
 
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/blockvol ./cmd/blockvol
@@ -21,6 +21,13 @@ install: build
 test: vet
 	$(GO) test -count=1 -timeout 30m ./...
 
+# The real-kernel tests alone: a qemu VM (software emulation, no network
+# device) boots Debian's cloud kernel with the real blockvol, tgtd, iscsid
+# and mkfs inside; `make test` runs them too. test/vm/setup.sh installs
+# qemu and fetches the kernel.
+e2e-vm:
+	$(GO) test -count=1 -v -timeout 15m -run 'TestVM' ./test/vm/
+
 # Only what needs neither root nor external tools.
 unit:
 	$(GO) test -count=1 -short ./...
@@ -36,6 +43,7 @@ bench:
 	$(GO) test -run '^$$' -bench 'Queries10k' -benchtime 2000x ./plugin/
 	$(GO) test -run '^$$' -bench 'CreateRun' -benchtime 10x -timeout 20m ./test/e2e/
 	$(GO) test -run '^$$' -bench 'PluginLoad10k' -benchtime 2000x -timeout 20m ./test/e2e/
+	$(GO) test -run '^$$' -bench 'VM' -benchtime 1x -timeout 15m ./test/vm/
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParseOptions -fuzztime 30s ./plugin/
