@@ -519,6 +519,11 @@ func (b *Backend) Attach(ctx context.Context, name string, _ backends.AttachOpti
 			dying = append(dying, dev)
 			continue
 		}
+		// Not marked for removal, and still ours after that read: a device
+		// freed between the scan and now is not handed out.
+		if still, err := b.backedBy(dev, img); err != nil || !still {
+			continue
+		}
 		log.Debug("already attached", slog.String("device", dev))
 		return dev, nil
 	}

@@ -853,9 +853,14 @@ func TestAttachWaitsForPendingDetachToFinish(t *testing.T) {
 	e.create("v", 4096, nil)
 	e.bind(4, e.img("v"))
 	e.setAutoclear(4)
+	// The holder closes it 20 ms later and the kernel frees it: the loop
+	// directory vanishes at once (a rename, so the poller never sees it
+	// half removed).
+	loopDir := filepath.Join(e.sys, "block", "loop4", "loop")
+	freed := make(chan error, 1)
 	go func() {
 		time.Sleep(20 * time.Millisecond)
-		e.unbind(4) // the holder closed it; the kernel freed it
+		freed <- os.Rename(loopDir, filepath.Join(e.root, "freed-loop4"))
 	}()
 	e.fake.Expect(hostexec.Call{
 		Argv:   []string{"losetup", "--find", "--show", "--nooverlap", e.img("v")},
@@ -865,5 +870,8 @@ func TestAttachWaitsForPendingDetachToFinish(t *testing.T) {
 	dev, err := e.b.Attach(context.Background(), "v", backends.AttachOptions{})
 	if err != nil || dev != "/dev/loop4" {
 		t.Fatalf("Attach = %q, %v", dev, err)
+	}
+	if err := <-freed; err != nil {
+		t.Fatal(err)
 	}
 }
