@@ -1,15 +1,7 @@
 package iscsitarget
 
 import (
-	"bufio"
-	"bytes"
 	"context"
-	"errors"
-	"fmt"
-	"io"
-	"os/exec"
-	"strings"
-	"sync"
 
 	"github.com/blockvol/blockvol/hostexec"
 )
@@ -34,100 +26,12 @@ type Host interface {
 }
 
 // LocalHost is the target host when it is this host: Run goes through a
-// hostexec.Runner, Hold starts the program with os/exec.
+// hostexec.Runner, Hold through hostexec.OS.
 type LocalHost struct {
 	hostexec.Runner
 }
 
-// Hold implements Host.
+// Hold implements Host with hostexec.OS.
 func (h LocalHost) Hold(ctx context.Context, name string, args ...string) (string, func() error, error) {
-	if err := ctx.Err(); err != nil {
-		return "", nil, err
-	}
-	cmd := exec.Command(name, args...)
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		return "", nil, err
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return "", nil, err
-	}
-	var stderr lockedBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		return "", nil, fmt.Errorf("run %s: %w", name, err)
-	}
-	line, err := firstLine(ctx, stdout, func() { _ = cmd.Process.Kill() })
-	if err != nil {
-		stdin.Close()
-		werr := cmd.Wait()
-		if ctx.Err() != nil {
-			return "", nil, fmt.Errorf("%s: %w", name, ctx.Err())
-		}
-		var ee *exec.ExitError
-		if errors.As(werr, &ee) {
-			return "", nil, &hostexec.ExitError{Argv: append([]string{name}, args...), Code: ee.ExitCode(), Stderr: stderr.String()}
-		}
-		if werr != nil {
-			return "", nil, fmt.Errorf("run %s: %w", name, werr)
-		}
-		return "", nil, fmt.Errorf("%s exited without printing a line", name)
-	}
-	// Nothing more is read from stdout: drain it so that the program
-	// never blocks writing.
-	go func() { _, _ = io.Copy(io.Discard, stdout) }()
-	release := func() error {
-		stdin.Close()
-		err := cmd.Wait()
-		var ee *exec.ExitError
-		if errors.As(err, &ee) {
-			return &hostexec.ExitError{Argv: append([]string{name}, args...), Code: ee.ExitCode(), Stderr: stderr.String()}
-		}
-		return err
-	}
-	return line, release, nil
-}
-
-// firstLine reads one line from r, calling stop when ctx ends first.
-func firstLine(ctx context.Context, r io.Reader, stop func()) (string, error) {
-	type result struct {
-		line string
-		err  error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		line, err := bufio.NewReader(r).ReadString('\n')
-		if err != nil && line != "" && err == io.EOF {
-			err = nil
-		}
-		ch <- result{strings.TrimSuffix(line, "\n"), err}
-	}()
-	select {
-	case res := <-ch:
-		return res.line, res.err
-	case <-ctx.Done():
-		stop()
-		<-ch
-		return "", ctx.Err()
-	}
-}
-
-// lockedBuffer is a bytes.Buffer safe for a writer and a reader in
-// different goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
+	return hostexec.OS{}.Hold(ctx, name, args...)
 }

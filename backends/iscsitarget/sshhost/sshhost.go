@@ -26,8 +26,6 @@
 package sshhost
 
 import (
-	"bufio"
-	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -241,7 +239,7 @@ func (h *Host) Run(ctx context.Context, name string, args ...string) ([]byte, er
 		h.releaseSlot()
 		return nil, err
 	}
-	var stdout, stderr lockedBuffer
+	var stdout, stderr hostexec.SyncBuffer
 	s.Stdout, s.Stderr = &stdout, &stderr
 	if err := s.Start(cmd); err != nil {
 		s.Close()
@@ -298,12 +296,12 @@ func (h *Host) Hold(ctx context.Context, name string, args ...string) (string, f
 	if err != nil {
 		return fail(err)
 	}
-	var stderr lockedBuffer
+	var stderr hostexec.SyncBuffer
 	s.Stderr = &stderr
 	if err := s.Start(cmd); err != nil {
 		return fail(fmt.Errorf("ssh %s: start %s: %w", h.cfg.Addr, name, err))
 	}
-	line, err := firstLine(ctx, stdout, func() { _ = s.Signal(ssh.SIGKILL); s.Close() })
+	line, err := hostexec.FirstLine(ctx, stdout, func() { _ = s.Signal(ssh.SIGKILL); s.Close() })
 	if err != nil {
 		stdin.Close()
 		go func() { _, _ = io.Copy(io.Discard, stdout) }()
@@ -538,53 +536,6 @@ func (h *Host) drop(c *ssh.Client) {
 	}
 	h.mu.Unlock()
 	c.Close()
-}
-
-// firstLine reads one line from r, calling stop when ctx ends first.
-func firstLine(ctx context.Context, r io.Reader, stop func()) (string, error) {
-	type result struct {
-		line string
-		err  error
-	}
-	ch := make(chan result, 1)
-	go func() {
-		line, err := bufio.NewReader(r).ReadString('\n')
-		if err == io.EOF && line != "" {
-			err = nil
-		}
-		ch <- result{strings.TrimSuffix(line, "\n"), err}
-	}()
-	select {
-	case res := <-ch:
-		return res.line, res.err
-	case <-ctx.Done():
-		stop()
-		<-ch
-		return "", ctx.Err()
-	}
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
-func (l *lockedBuffer) Bytes() []byte {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return bytes.Clone(l.b.Bytes())
 }
 
 func contains(list []string, s string) bool {
