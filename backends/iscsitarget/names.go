@@ -17,24 +17,8 @@ const (
 	maxNameLen = 255 - len(".") - len(".json") - len(".tmp-XXXXXX")
 )
 
-// checkName defends the pool directories: the plugin validates names, but
-// a name must never reach a path outside its pool.
-func checkName(name string) error {
-	switch {
-	case name == "":
-		return fmt.Errorf("empty volume name: %w", backends.ErrInvalid)
-	case name == "." || name == "..":
-		return fmt.Errorf("volume name %q not allowed: %w", name, backends.ErrInvalid)
-	case len(name) > maxNameLen:
-		return fmt.Errorf("volume name longer than %d bytes: %w", maxNameLen, backends.ErrInvalid)
-	}
-	for _, c := range []byte(name) {
-		if c == '/' || c < 0x20 || c == 0x7f {
-			return fmt.Errorf("volume name %q: contains '/' or a control character: %w", name, backends.ErrInvalid)
-		}
-	}
-	return nil
-}
+// checkName: see backends.CheckName.
+func checkName(name string) error { return backends.CheckName(name, maxNameLen) }
 
 // iqnFor returns the target name of a volume: <prefix>:<name> when the
 // name is made of what an iSCSI name allows after normalization (lower-case

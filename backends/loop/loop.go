@@ -777,25 +777,8 @@ func (b *Backend) jsonPath(name string) string {
 	return b.dir + string(filepath.Separator) + name + jsonSuffix
 }
 
-// checkName defends the data directory: the plugin validates names, but a
-// name must never reach a path outside DataDir nor confuse the one-line
-// sysfs backing_file format.
-func checkName(name string) error {
-	switch {
-	case name == "":
-		return fmt.Errorf("empty volume name: %w", backends.ErrInvalid)
-	case name == "." || name == "..":
-		return fmt.Errorf("volume name %q not allowed: %w", name, backends.ErrInvalid)
-	case len(name) > maxNameLen:
-		return fmt.Errorf("volume name longer than %d bytes: %w", maxNameLen, backends.ErrInvalid)
-	}
-	for _, c := range []byte(name) {
-		if c == '/' || c < 0x20 || c == 0x7f {
-			return fmt.Errorf("volume name %q: contains '/' or a control character: %w", name, backends.ErrInvalid)
-		}
-	}
-	return nil
-}
+// checkName: see backends.CheckName.
+func checkName(name string) error { return backends.CheckName(name, maxNameLen) }
 
 func isRegular(path string) (bool, error) {
 	fi, err := os.Lstat(path)

@@ -1,0 +1,24 @@
+package backends
+
+import "fmt"
+
+// CheckName is a backend's own defence of its directories: the plugin
+// validates names first, but a name must never reach a path outside the
+// backend's directory, nor break a one-line file format (sysfs, records).
+// maxLen is the longest name the backend's file names leave room for.
+func CheckName(name string, maxLen int) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("empty volume name: %w", ErrInvalid)
+	case name == "." || name == "..":
+		return fmt.Errorf("volume name %q not allowed: %w", name, ErrInvalid)
+	case len(name) > maxLen:
+		return fmt.Errorf("volume name longer than %d bytes: %w", maxLen, ErrInvalid)
+	}
+	for _, c := range []byte(name) {
+		if c == '/' || c < 0x20 || c == 0x7f {
+			return fmt.Errorf("volume name %q: contains '/' or a control character: %w", name, ErrInvalid)
+		}
+	}
+	return nil
+}
