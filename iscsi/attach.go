@@ -74,6 +74,7 @@ func (i *Initiator) Attach(ctx context.Context, t Target) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	i.held.add(t.IQN, t.LUN)
 	i.log.Info("iSCSI LUN attached", "iqn", t.IQN, "lun", t.LUN, "device", dev, "portals", portalList(up))
 	return dev, nil
 }

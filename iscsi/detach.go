@@ -69,6 +69,11 @@ func (i *Initiator) Detach(ctx context.Context, t Target) error {
 			}
 		}
 	}
+	if keep == "" {
+		if l := i.held.other(t.IQN, t.LUN); l >= 0 {
+			keep = fmt.Sprintf("LUN %d was attached by this process and not detached yet", l)
+		}
+	}
 	if keep == "" && i.cfg.TargetInUse != nil && i.cfg.TargetInUse(t.IQN, t.LUN) {
 		keep = "the caller has another LUN of the target attached"
 	}
@@ -76,6 +81,7 @@ func (i *Initiator) Detach(ctx context.Context, t Target) error {
 		i.log.Info("keeping iSCSI sessions: another LUN of the target is in use",
 			"iqn", t.IQN, "lun", t.LUN, "reason", keep)
 		i.removeDevices(t, own)
+		i.held.remove(t.IQN, t.LUN)
 		return nil
 	}
 
@@ -100,6 +106,7 @@ func (i *Initiator) Detach(ctx context.Context, t Target) error {
 	if len(errs) > 0 {
 		return errorsJoin(errs)
 	}
+	i.held.remove(t.IQN, t.LUN)
 	return nil
 }
 

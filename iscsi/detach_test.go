@@ -270,3 +270,36 @@ func TestDetachKeepsMultipathedLUN(t *testing.T) {
 		t.Errorf("no warning:\n%s", logs)
 	}
 }
+
+// A LUN this process attached for a volume whose mount is still under way
+// is not mounted yet: sysfs and mountinfo cannot see its use, and a Detach
+// of another LUN of the target must not log the target out under it.
+func TestDetachKeepsSessionForLUNAttachedButNotYetMounted(t *testing.T) {
+	tr := newTree(t)
+	tr.addSession(1, testIQN, "127.0.0.1", 3260)
+	tr.addLUN(1, 1, "sdb")
+	tr.addLUN(1, 2, "sdc")
+	fake := hostexec.NewFake(t,
+		// Attach of LUN 2: the session exists already.
+		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "new")},
+		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "--login"), Code: 15},
+		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "--rescan")},
+	)
+	i, logs := newTestInitiator(t, tr, fake, nil)
+	if _, err := i.Attach(context.Background(), Target{IQN: testIQN, Portals: []string{portalA}, LUN: 2}); err != nil {
+		t.Fatal(err)
+	}
+	// LUN 1 is detached while LUN 2 is attached but not yet mounted.
+	if err := i.Detach(context.Background(), Target{IQN: testIQN, Portals: []string{portalA}, LUN: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(logs.String(), "LUN 2 was attached by this process") {
+		t.Fatalf("log does not say why the session was kept:\n%s", logs)
+	}
+	// Once LUN 2 is detached too, the target is logged out.
+	fake.Expect(logoutCalls(portalA)...)
+	if err := i.Detach(context.Background(), Target{IQN: testIQN, Portals: []string{portalA}, LUN: 2}); err != nil {
+		t.Fatal(err)
+	}
+	fake.Done()
+}

@@ -125,6 +125,7 @@ type Initiator struct {
 	run   hostexec.Runner
 	log   *slog.Logger
 	locks keyedMutex
+	held  heldLUNs
 }
 
 // New returns an Initiator. run executes iscsiadm (hostexec.OS{} in
