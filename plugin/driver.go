@@ -198,9 +198,7 @@ func (d *Driver) mountpoint(name string) string { return filepath.Join(d.cfg.Mou
 // ErrNotFound only when every backend answered and none has the volume;
 // any other failure is returned as such, never as "not found".
 func (d *Driver) lookup(ctx context.Context, name string) (backends.Volume, string, error) {
-	d.whereMu.RLock()
-	known := d.where[name]
-	d.whereMu.RUnlock()
+	known := d.knownBackend(name)
 	order := make([]string, 0, len(d.cfg.Backends))
 	if known != "" {
 		order = append(order, known)
@@ -225,6 +223,14 @@ func (d *Driver) lookup(ctx context.Context, name string) (backends.Volume, stri
 		return backends.Volume{}, "", fmt.Errorf("volume %q could not be looked up: %w", name, errors.Join(failures...))
 	}
 	return backends.Volume{}, "", &userError{kind: ErrNotFound, msg: fmt.Sprintf("volume %q does not exist", name)}
+}
+
+// knownBackend returns the backend a volume was last seen on since the
+// plugin started, or "".
+func (d *Driver) knownBackend(name string) string {
+	d.whereMu.RLock()
+	defer d.whereMu.RUnlock()
+	return d.where[name]
 }
 
 func (d *Driver) remember(name, backend string) {

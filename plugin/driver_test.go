@@ -455,7 +455,14 @@ func TestGetDuringBackendOutage(t *testing.T) {
 	if res.Volume.Mountpoint != "/mnt/bv/o" || !strings.Contains(res.Volume.Status["error"].(string), "connection refused") {
 		t.Fatalf("Get = %+v", res.Volume)
 	}
-	_, err = h.d.Get(&volume.GetRequest{Name: "idle"})
+	// A volume seen before the outage (created here) is still answered,
+	// with the outage in its Status: Docker keeps it.
+	res, err = h.d.Get(&volume.GetRequest{Name: "idle"})
+	if err != nil || res.Volume.Name != "idle" || !strings.Contains(res.Volume.Status["error"].(string), "connection refused") {
+		t.Fatalf("Get of a known idle volume during an outage = %+v, %v", res, err)
+	}
+	// A volume never seen: the outage, never "not found".
+	_, err = h.d.Get(&volume.GetRequest{Name: "unseen"})
 	if err == nil || errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "connection refused") {
 		t.Fatalf("Get during an outage = %v; want the outage, never 'not found'", err)
 	}

@@ -13,9 +13,11 @@ import (
 // right before Mount and must not wait behind another container's slow
 // mount of the same volume.
 //
-// Docker forgets a volume whose Get fails, so a backend that cannot be
-// reached is answered from this host's record when there is one, with the
-// failure in Status, rather than with an error.
+// Docker forgets a volume whose Get fails (it calls Get for every volume it
+// knows when it restarts), so a backend that cannot be reached is answered
+// from what this host knows — its record of a volume in use, or a volume
+// seen since the plugin started — with the failure in Status, rather than
+// with an error.
 func (d *Driver) Get(req *volume.GetRequest) (_ *volume.GetResponse, err error) {
 	c := d.begin("get", req.Name, d.cfg.OtherTimeout)
 	defer func() { c.end(err) }()
@@ -27,15 +29,25 @@ func (d *Driver) Get(req *volume.GetRequest) (_ *volume.GetResponse, err error) 
 	c.backend = bn
 	r, mounted := d.recs.get(req.Name)
 	if err != nil {
-		if errors.Is(err, ErrNotFound) || !mounted {
+		if errors.Is(err, ErrNotFound) {
 			return nil, err
 		}
-		log.Warn("backend unreachable; answering from this host's record", "err", err)
-		return &volume.GetResponse{Volume: &volume.Volume{
-			Name:       req.Name,
-			Mountpoint: mountpointIf(r),
-			Status:     map[string]any{"backend": r.Backend, "state": r.Phase, "mounts": len(r.Users), "error": err.Error()},
-		}}, nil
+		if mounted {
+			log.Warn("backend unreachable; answering from this host's record", "err", err)
+			return &volume.GetResponse{Volume: &volume.Volume{
+				Name:       req.Name,
+				Mountpoint: mountpointIf(r),
+				Status:     map[string]any{"backend": r.Backend, "state": r.Phase, "mounts": len(r.Users), "error": err.Error()},
+			}}, nil
+		}
+		if bn := d.knownBackend(req.Name); bn != "" {
+			log.Warn("backend unreachable; answering with the volume as last seen", "err", err)
+			return &volume.GetResponse{Volume: &volume.Volume{
+				Name:   req.Name,
+				Status: map[string]any{"backend": bn, "error": err.Error()},
+			}}, nil
+		}
+		return nil, err
 	}
 	v := d.describe(vol, bn)
 	if mounted {
