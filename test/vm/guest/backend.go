@@ -88,6 +88,23 @@ func lastLine(s string) string {
 }
 
 // createVol creates a volume and removes it when the scenario ends.
+// pluginWithVolume starts a plugin on backend b, creates vol with opts and
+// returns the plugin and the volume as Get shows it.
+func pluginWithVolume(s *S, b *backendKind, vol string, opts map[string]string) (*plugin, volume, error) {
+	p, err := startBackendPlugin(s, b)
+	if err != nil {
+		return nil, volume{}, err
+	}
+	if err := createVol(s, p, vol, opts); err != nil {
+		return nil, volume{}, err
+	}
+	v, err := p.get(vol)
+	if err != nil {
+		return nil, volume{}, err
+	}
+	return p, v, nil
+}
+
 func createVol(s *S, p *plugin, name string, opts map[string]string) error {
 	desc := "Create " + name
 	for _, k := range []string{"size", "fstype", "overwritefs"} {
@@ -523,16 +540,9 @@ func restartStep(s *S, p *plugin, b *backendKind, vol string) error {
 }
 
 func killAfterAttach(s *S, b *backendKind) error {
-	p, err := startBackendPlugin(s, b)
-	if err != nil {
-		return err
-	}
 	const vol = "k1"
 	id := mountID(1)
-	if err := createVol(s, p, vol, map[string]string{"size": "512M", "fstype": "xfs"}); err != nil {
-		return err
-	}
-	v, err := p.get(vol)
+	p, v, err := pluginWithVolume(s, b, vol, map[string]string{"size": "512M", "fstype": "xfs"})
 	if err != nil {
 		return err
 	}
@@ -563,16 +573,9 @@ func killAfterAttach(s *S, b *backendKind) error {
 }
 
 func killAfterMkfs(s *S, b *backendKind) error {
-	p, err := startBackendPlugin(s, b)
-	if err != nil {
-		return err
-	}
 	const vol = "k2"
 	id := mountID(1)
-	if err := createVol(s, p, vol, map[string]string{"size": "512M", "fstype": "ext4"}); err != nil {
-		return err
-	}
-	v, err := p.get(vol)
+	p, v, err := pluginWithVolume(s, b, vol, map[string]string{"size": "512M", "fstype": "ext4"})
 	if err != nil {
 		return err
 	}

@@ -24,16 +24,9 @@ import (
 // dying device instead of reusing it passes too.)
 func loopPendingDetach(s *S) error {
 	b := loopBackend()
-	p, err := startBackendPlugin(s, b)
-	if err != nil {
-		return err
-	}
 	const vol = "lazy"
 	id := mountID(1)
-	if err := createVol(s, p, vol, map[string]string{"size": "512M", "fstype": "ext4"}); err != nil {
-		return err
-	}
-	v, err := p.get(vol)
+	p, v, err := pluginWithVolume(s, b, vol, map[string]string{"size": "512M", "fstype": "ext4"})
 	if err != nil {
 		return err
 	}
