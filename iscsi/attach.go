@@ -36,7 +36,7 @@ func (i *Initiator) Attach(ctx context.Context, t Target) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	unlock, err := i.locks.lock(ctx, t.IQN)
+	unlock, err := i.locks.Lock(ctx, t.IQN)
 	if err != nil {
 		return "", fmt.Errorf("attach iSCSI target %s: %w", t.IQN, err)
 	}

@@ -597,31 +597,3 @@ func TestAttachMultipathChecks(t *testing.T) {
 	})
 }
 
-// TestTargetLock: calls on one IQN are serialized and waiting honours the
-// context; other IQNs are not blocked.
-func TestTargetLock(t *testing.T) {
-	var k keyedMutex
-	unlock, err := k.lock(context.Background(), testIQN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	other, err := k.lock(context.Background(), "iqn.other:1")
-	if err != nil {
-		t.Fatal("another IQN is blocked:", err)
-	}
-	other()
-	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
-	defer cancel()
-	if _, err := k.lock(ctx, testIQN); !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("second lock = %v, want deadline exceeded", err)
-	}
-	unlock()
-	again, err := k.lock(context.Background(), testIQN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	again()
-	if len(k.m) != 0 {
-		t.Errorf("lock entries leak: %v", k.m)
-	}
-}

@@ -27,7 +27,7 @@ func (i *Initiator) Detach(ctx context.Context, t Target) error {
 	if err != nil {
 		return err
 	}
-	unlock, err := i.locks.lock(ctx, t.IQN)
+	unlock, err := i.locks.Lock(ctx, t.IQN)
 	if err != nil {
 		return fmt.Errorf("detach iSCSI target %s: %w", t.IQN, err)
 	}

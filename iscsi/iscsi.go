@@ -20,10 +20,10 @@ import (
 	"net"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/blockvol/blockvol/hostexec"
+	"github.com/blockvol/blockvol/internal/keyedlock"
 )
 
 // CHAP holds CHAP credentials. The passwords are secrets: they are never
@@ -124,7 +124,7 @@ type Initiator struct {
 	cfg   Config
 	run   hostexec.Runner
 	log   *slog.Logger
-	locks keyedMutex
+	locks keyedlock.Map // per target IQN
 	held  heldLUNs
 }
 
@@ -243,49 +243,6 @@ func validate(t Target) ([]portal, error) {
 		}
 	}
 	return ps, nil
-}
-
-// keyedMutex serializes work per key (the target IQN). Waiting for the lock
-// honours the caller's context.
-type keyedMutex struct {
-	mu sync.Mutex
-	m  map[string]*keyedEntry
-}
-
-type keyedEntry struct {
-	sem  chan struct{}
-	refs int
-}
-
-// lock locks key and returns its unlock function, or ctx's error when ctx
-// ends first.
-func (k *keyedMutex) lock(ctx context.Context, key string) (func(), error) {
-	k.mu.Lock()
-	if k.m == nil {
-		k.m = map[string]*keyedEntry{}
-	}
-	e := k.m[key]
-	if e == nil {
-		e = &keyedEntry{sem: make(chan struct{}, 1)}
-		k.m[key] = e
-	}
-	e.refs++
-	k.mu.Unlock()
-	release := func() {
-		k.mu.Lock()
-		e.refs--
-		if e.refs == 0 {
-			delete(k.m, key)
-		}
-		k.mu.Unlock()
-	}
-	select {
-	case e.sem <- struct{}{}:
-		return func() { <-e.sem; release() }, nil
-	case <-ctx.Done():
-		release()
-		return nil, ctx.Err()
-	}
 }
 
 // errorsJoin joins errs, returning the single error itself when there is one

@@ -24,6 +24,7 @@ import (
 	"time"
 
 	"github.com/blockvol/blockvol/backends"
+	"github.com/blockvol/blockvol/internal/keyedlock"
 	"github.com/blockvol/blockvol/state"
 	"github.com/docker/go-plugins-helpers/volume"
 )
@@ -72,7 +73,7 @@ type Observer interface {
 type Driver struct {
 	cfg      Config
 	log      *slog.Logger
-	locks    *volumeLocks
+	locks    keyedlock.Map
 	recs     *records
 	defaults Options // options of a volume blockvol did not create
 
@@ -112,7 +113,6 @@ func New(cfg Config) (*Driver, error) {
 	d := &Driver{
 		cfg:      cfg,
 		log:      cfg.Log,
-		locks:    newVolumeLocks(),
 		recs:     &records{store: store, m: map[string]record{}},
 		defaults: defOpts,
 		where:    map[string]string{},

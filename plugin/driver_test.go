@@ -357,7 +357,7 @@ func TestLockWaitEndsWithClearError(t *testing.T) {
 	h.d.cfg.MountTimeout = 200 * time.Millisecond
 	h.create("stuck", nil)
 	// Another operation holds the volume for longer than this Mount may wait.
-	unlock, err := h.d.locks.lock(t.Context(), "stuck")
+	unlock, err := h.d.locks.Lock(t.Context(), "stuck")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -26,7 +26,7 @@ func (d *Driver) Create(req *volume.CreateRequest) (err error) {
 		return err
 	}
 	c.backend = opts.Backend
-	unlock, err := d.locks.lock(ctx, req.Name)
+	unlock, err := d.lockVolume(ctx, req.Name)
 	if err != nil {
 		return err
 	}

@@ -3,61 +3,21 @@ package plugin
 import (
 	"context"
 	"fmt"
-	"sync"
 )
 
-// volumeLocks serializes operations on one volume name while leaving other
-// names free: a second caller on the same name waits for the first (it is
-// not refused — Docker does not retry), until its context ends.
-type volumeLocks struct {
-	mu    sync.Mutex
-	locks map[string]*volumeLock
-}
-
-type volumeLock struct {
-	held chan struct{} // holds one token while the lock is taken
-	refs int           // holders and waiters; the entry is dropped at 0
-}
-
-func newVolumeLocks() *volumeLocks {
-	return &volumeLocks{locks: map[string]*volumeLock{}}
-}
-
-// lock takes the lock of name and returns its release function, or an
-// error wrapping ErrBusy when ctx ends first.
-func (l *volumeLocks) lock(ctx context.Context, name string) (func(), error) {
-	l.mu.Lock()
-	vl, ok := l.locks[name]
-	if !ok {
-		vl = &volumeLock{held: make(chan struct{}, 1)}
-		l.locks[name] = vl
-	}
-	vl.refs++
-	l.mu.Unlock()
-
-	select {
-	case vl.held <- struct{}{}:
-		return func() {
-			<-vl.held
-			l.drop(name, vl)
-		}, nil
-	case <-ctx.Done():
-		l.drop(name, vl)
+// lockVolume takes the per-name lock of name: a second caller on the same
+// name waits for the first (it is not refused — Docker does not retry) until
+// its context ends, and then gets an error wrapping ErrBusy.
+func (d *Driver) lockVolume(ctx context.Context, name string) (func(), error) {
+	unlock, err := d.locks.Lock(ctx, name)
+	if err != nil {
 		return nil, &userError{
 			kind: ErrBusy,
-			msg:  fmt.Sprintf("volume %q is busy: another operation on it did not finish in time (%v); try again", name, ctx.Err()),
-			err:  ctx.Err(),
+			msg:  fmt.Sprintf("volume %q is busy: another operation on it did not finish in time (%v); try again", name, err),
+			err:  err,
 		}
 	}
-}
-
-func (l *volumeLocks) drop(name string, vl *volumeLock) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	vl.refs--
-	if vl.refs == 0 {
-		delete(l.locks, name)
-	}
+	return unlock, nil
 }
 
 // acquire validates a volume name and takes its lock.
@@ -65,5 +25,5 @@ func (d *Driver) acquire(ctx context.Context, name string) (func(), error) {
 	if err := ValidateName(name); err != nil {
 		return nil, err
 	}
-	return d.locks.lock(ctx, name)
+	return d.lockVolume(ctx, name)
 }

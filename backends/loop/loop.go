@@ -86,6 +86,7 @@ import (
 
 	"github.com/blockvol/blockvol/backends"
 	"github.com/blockvol/blockvol/hostexec"
+	"github.com/blockvol/blockvol/internal/keyedlock"
 	"github.com/blockvol/blockvol/state"
 )
 
@@ -126,7 +127,7 @@ type Backend struct {
 	removeGrace time.Duration
 	pollEvery   time.Duration
 
-	locks nameLocks
+	locks keyedlock.Map
 }
 
 var _ backends.Backend = (*Backend)(nil)
@@ -211,10 +212,10 @@ func (b *Backend) Create(ctx context.Context, req backends.CreateRequest) (backe
 	case req.SizeBytes%sectorSize != 0:
 		return backends.Volume{}, opErrf(op, name, "size %d: must be a multiple of %d bytes: %w", req.SizeBytes, sectorSize, backends.ErrInvalid)
 	}
-	if err := ctx.Err(); err != nil {
+	unlock, err := b.locks.Lock(ctx, name)
+	if err != nil {
 		return backends.Volume{}, opErr(op, name, err)
 	}
-	unlock := b.locks.lock(name)
 	defer unlock()
 	log := b.log.With(slog.String("volume", name), slog.String("op", op))
 	img, rec := b.imgPath(name), b.jsonPath(name)
@@ -422,10 +423,10 @@ func (b *Backend) SetMeta(ctx context.Context, name string, meta map[string]stri
 	if err := checkName(name); err != nil {
 		return opErr(op, name, err)
 	}
-	if err := ctx.Err(); err != nil {
+	unlock, err := b.locks.Lock(ctx, name)
+	if err != nil {
 		return opErr(op, name, err)
 	}
-	unlock := b.locks.lock(name)
 	defer unlock()
 	r, err := b.load(name)
 	if err != nil {
@@ -448,10 +449,10 @@ func (b *Backend) Remove(ctx context.Context, name string) error {
 	if err := checkName(name); err != nil {
 		return opErr(op, name, err)
 	}
-	if err := ctx.Err(); err != nil {
+	unlock, err := b.locks.Lock(ctx, name)
+	if err != nil {
 		return opErr(op, name, err)
 	}
-	unlock := b.locks.lock(name)
 	defer unlock()
 	log := b.log.With(slog.String("volume", name), slog.String("op", op))
 	// Existence only: a record too damaged to parse can still be removed.
@@ -499,10 +500,10 @@ func (b *Backend) Attach(ctx context.Context, name string, _ backends.AttachOpti
 	if err := checkName(name); err != nil {
 		return "", opErr(op, name, err)
 	}
-	if err := ctx.Err(); err != nil {
+	unlock, err := b.locks.Lock(ctx, name)
+	if err != nil {
 		return "", opErr(op, name, err)
 	}
-	unlock := b.locks.lock(name)
 	defer unlock()
 	log := b.log.With(slog.String("volume", name), slog.String("op", op))
 	if _, err := b.load(name); err != nil {
@@ -552,10 +553,10 @@ func (b *Backend) Detach(ctx context.Context, name string) error {
 	if err := checkName(name); err != nil {
 		return opErr(op, name, err)
 	}
-	if err := ctx.Err(); err != nil {
+	unlock, err := b.locks.Lock(ctx, name)
+	if err != nil {
 		return opErr(op, name, err)
 	}
-	unlock := b.locks.lock(name)
 	defer unlock()
 	log := b.log.With(slog.String("volume", name), slog.String("op", op))
 	img := b.imgPath(name)
@@ -811,38 +812,4 @@ func opErr(op, name string, err error) error {
 
 func opErrf(op, name, format string, args ...any) error {
 	return opErr(op, name, fmt.Errorf(format, args...))
-}
-
-// nameLocks serializes operations on one volume name within this process.
-type nameLocks struct {
-	mu sync.Mutex
-	m  map[string]*nameLock
-}
-
-type nameLock struct {
-	mu   sync.Mutex
-	refs int
-}
-
-func (l *nameLocks) lock(name string) (unlock func()) {
-	l.mu.Lock()
-	if l.m == nil {
-		l.m = make(map[string]*nameLock)
-	}
-	e := l.m[name]
-	if e == nil {
-		e = &nameLock{}
-		l.m[name] = e
-	}
-	e.refs++
-	l.mu.Unlock()
-	e.mu.Lock()
-	return func() {
-		e.mu.Unlock()
-		l.mu.Lock()
-		if e.refs--; e.refs == 0 {
-			delete(l.m, name)
-		}
-		l.mu.Unlock()
-	}
 }
