@@ -596,4 +596,3 @@ func TestAttachMultipathChecks(t *testing.T) {
 		fake.Done()
 	})
 }
-
