@@ -60,7 +60,7 @@ type OS struct {
 
 // Run implements Runner.
 func (o OS) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
-	cmd := exec.CommandContext(ctx, name, args...)
+	cmd := command(ctx, name, args...)
 	if o.Env != nil {
 		cmd.Env = o.Env
 	}

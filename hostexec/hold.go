@@ -28,7 +28,7 @@ func (o OS) Hold(ctx context.Context, name string, args ...string) (string, func
 	if err := ctx.Err(); err != nil {
 		return "", nil, err
 	}
-	cmd := exec.Command(name, args...)
+	cmd := command(nil, name, args...)
 	if o.Env != nil {
 		cmd.Env = o.Env
 	}
@@ -45,7 +45,7 @@ func (o OS) Hold(ctx context.Context, name string, args ...string) (string, func
 	if err := cmd.Start(); err != nil {
 		return "", nil, fmt.Errorf("run %s: %w", name, err)
 	}
-	line, err := FirstLine(ctx, stdout, func() { _ = cmd.Process.Kill() })
+	line, err := FirstLine(ctx, stdout, func() { _ = killGroup(cmd) })
 	if err != nil {
 		stdin.Close()
 		werr := cmd.Wait()
