@@ -47,7 +47,7 @@ bench:
 	$(GO) test -run '^$$' -bench 'CloudCycle' -benchtime 5x -timeout 15m ./backends/cinder/
 
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzParseOptions -fuzztime 30s ./plugin/
+	$(GO) test -run '^$$' -fuzz FuzzParseOptions -fuzztime 30s ./volumes/
 	$(GO) test -run '^$$' -fuzz FuzzParseMountOptions -fuzztime 30s ./fs/
 
 clean:

@@ -20,7 +20,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/blockvol/blockvol/plugin"
+	"github.com/blockvol/blockvol/volumes"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -30,15 +30,15 @@ import (
 // memory to a Mount that formats a large volume under its 100 s deadline.
 var Buckets = []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 25, 50, 100}
 
-var _ plugin.Observer = (*Metrics)(nil)
+var _ volumes.Observer = (*Metrics)(nil)
 
 // StatsSource reports the volumes this host has attached and mounted
-// (plugin.Driver.Stats).
+// (volumes.Core.Stats).
 type StatsSource interface {
 	Stats() (attached, mounted int)
 }
 
-// Metrics implements plugin.Observer and serves what it observed.
+// Metrics implements volumes.Observer and serves what it observed.
 type Metrics struct {
 	reg      *prometheus.Registry
 	ops      *prometheus.CounterVec
@@ -74,7 +74,7 @@ func New() *Metrics {
 	return m
 }
 
-// Observe implements plugin.Observer.
+// Observe implements volumes.Observer.
 func (m *Metrics) Observe(op, backend string, elapsed time.Duration, err error) {
 	m.ops.WithLabelValues(op, backend).Inc()
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/blockvol/blockvol/backends"
+	"github.com/blockvol/blockvol/volumes"
 	"github.com/docker/go-plugins-helpers/volume"
 )
 
@@ -166,7 +167,7 @@ func TestFailedMountUndoesItsWork(t *testing.T) {
 			if len(h.fs.mounted()) != 0 || len(h.be.attached) != 0 {
 				t.Fatalf("failed Mount left %v mounted and %v attached", h.fs.mounted(), h.be.attached)
 			}
-			if _, ok := h.d.recs.get("v"); ok {
+			if h.hasRecord("v") {
 				t.Fatal("failed Mount left a record")
 			}
 			if got := count(h.be.callLog(), "detach v"); got != 1 {
@@ -224,7 +225,7 @@ func TestRemove(t *testing.T) {
 	h.create("r", nil)
 	h.mount("r", id1)
 	err := h.d.Remove(&volume.RemoveRequest{Name: "r"})
-	if !errors.Is(err, ErrInUse) || !strings.Contains(err.Error(), "in use by 1 mount") {
+	if !errors.Is(err, volumes.ErrInUse) || !strings.Contains(err.Error(), "in use by 1 mount") {
 		t.Fatalf("Remove of a mounted volume: %v", err)
 	}
 	h.unmount("r", id1)
@@ -232,7 +233,7 @@ func TestRemove(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = h.d.Get(&volume.GetRequest{Name: "r"})
-	if !errors.Is(err, ErrNotFound) || err.Error() != `volume "r" does not exist` {
+	if !errors.Is(err, volumes.ErrNotFound) || err.Error() != `volume "r" does not exist` {
 		t.Fatalf("Get after Remove: %v", err)
 	}
 	// A volume attached elsewhere (shared backend) is refused clearly.
@@ -299,7 +300,7 @@ func TestBadInputCreatesNothing(t *testing.T) {
 	for _, tc := range cases {
 		h := newHarness(t)
 		err := h.d.Create(&volume.CreateRequest{Name: tc.name, Options: tc.opts})
-		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
+		if !errors.Is(err, volumes.ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("Create(%q, %v) = %v; want ErrInvalid mentioning %q", tc.name, tc.opts, err, tc.want)
 		}
 		if calls := h.be.callLog(); len(calls) != 0 {
@@ -347,23 +348,23 @@ func TestOperationsOnOneVolumeWaitOthersRunFree(t *testing.T) {
 	if err := <-second; err != nil {
 		t.Fatalf("second Mount was refused instead of waiting: %v", err)
 	}
-	if r, _ := h.d.recs.get("slow"); len(r.Users) != 2 {
-		t.Fatalf("users = %v, want both", r.Users)
+	if res, err := h.d.Get(&volume.GetRequest{Name: "slow"}); err != nil || res.Volume.Status["mounts"] != 2 {
+		t.Fatalf("Get = %+v, %v; want both users", res, err)
 	}
 }
 
 func TestLockWaitEndsWithClearError(t *testing.T) {
 	h := newHarness(t)
-	h.d.cfg.MountTimeout = 200 * time.Millisecond
+	h.d = h.newDriverWith(func(c *volumes.Config) { c.MountTimeout = 200 * time.Millisecond })
 	h.create("stuck", nil)
 	// Another operation holds the volume for longer than this Mount may wait.
-	unlock, err := h.d.locks.Lock(t.Context(), "stuck")
+	unlock, err := h.core.Lock(t.Context(), "stuck")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer unlock()
 	_, err = h.d.Mount(&volume.MountRequest{Name: "stuck", ID: id2})
-	if !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "another operation on it did not finish in time") {
+	if !errors.Is(err, volumes.ErrBusy) || !strings.Contains(err.Error(), "another operation on it did not finish in time") {
 		t.Fatalf("Mount behind a stuck one = %v", err)
 	}
 	if calls := h.be.callLog(); count(calls, "attach") != 0 {
@@ -382,17 +383,13 @@ func TestRestartKeepsMountsAndFinishesInterruptedWork(t *testing.T) {
 	// A crash in the middle of mounting "half": claimed and attached,
 	// never recorded as mounted.
 	h.mount("half", id1)
-	r, _ := h.d.recs.get("half")
-	r.Phase = phaseMounting
-	if err := h.d.recs.put(r); err != nil {
-		t.Fatal(err)
-	}
+	h.setPhase("half", "mounting")
 	// "gone" lost its mount behind our back (a reboot, say).
 	delete(h.fs.mounts, "/mnt/bv/gone")
 
 	// kill -9, restart.
 	h.d = h.newDriver()
-	if err := h.d.Recover(t.Context()); err != nil {
+	if err := h.core.Recover(t.Context()); err != nil {
 		t.Fatal(err)
 	}
 	if h.fs.mounted()["/mnt/bv/live"] == "" {
@@ -405,7 +402,7 @@ func TestRestartKeepsMountsAndFinishesInterruptedWork(t *testing.T) {
 		if _, ok := h.be.attached[n]; ok {
 			t.Errorf("%s still attached after recovery", n)
 		}
-		if _, ok := h.d.recs.get(n); ok {
+		if h.hasRecord(n) {
 			t.Errorf("%s still has a record after recovery", n)
 		}
 	}
@@ -463,7 +460,7 @@ func TestGetDuringBackendOutage(t *testing.T) {
 	}
 	// A volume never seen: the outage, never "not found".
 	_, err = h.d.Get(&volume.GetRequest{Name: "unseen"})
-	if err == nil || errors.Is(err, ErrNotFound) || !strings.Contains(err.Error(), "connection refused") {
+	if err == nil || errors.Is(err, volumes.ErrNotFound) || !strings.Contains(err.Error(), "connection refused") {
 		t.Fatalf("Get during an outage = %v; want the outage, never 'not found'", err)
 	}
 }
@@ -509,10 +506,10 @@ func (o *recordingObserver) Observe(op, backend string, _ time.Duration, err err
 func TestObserverAndStats(t *testing.T) {
 	h := newHarness(t)
 	obs := &recordingObserver{}
-	h.d.cfg.Observer = obs
+	h.d = h.newDriverWith(func(c *volumes.Config) { c.Observer = obs })
 	h.create("s", nil)
 	h.mount("s", id1)
-	if a, m := h.d.Stats(); a != 1 || m != 1 {
+	if a, m := h.core.Stats(); a != 1 || m != 1 {
 		t.Fatalf("Stats = %d attached, %d mounted; want 1, 1", a, m)
 	}
 	h.unmount("s", id1)
@@ -521,7 +518,7 @@ func TestObserverAndStats(t *testing.T) {
 	if !reflect.DeepEqual(obs.got, want) {
 		t.Fatalf("observed %+v, want %+v", obs.got, want)
 	}
-	if a, m := h.d.Stats(); a != 0 || m != 0 {
+	if a, m := h.core.Stats(); a != 0 || m != 0 {
 		t.Fatalf("Stats after unmount = %d, %d", a, m)
 	}
 }
@@ -530,8 +527,7 @@ func TestCreateSurvivesAnotherBackendsOutage(t *testing.T) {
 	h := newHarness(t)
 	broken := newFakeBackend()
 	broken.getErr = errors.New("connection refused")
-	h.d.cfg.Backends["remote"] = broken
-	h.d.cfg.Defaults.Backends = []string{"local", "remote"}
+	h.d = h.newDriverWith(func(c *volumes.Config) { c.Backends["remote"] = broken })
 	if err := h.d.Create(&volume.CreateRequest{Name: "v"}); err != nil {
 		t.Fatalf("Create on a working backend failed because another is down: %v", err)
 	}

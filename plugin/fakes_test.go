@@ -2,10 +2,13 @@ package plugin
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -13,6 +16,7 @@ import (
 	"time"
 
 	"github.com/blockvol/blockvol/backends"
+	"github.com/blockvol/blockvol/volumes"
 )
 
 // fakeBackend is an in-memory backends.Backend with call log, injectable
@@ -269,6 +273,7 @@ type harness struct {
 	be       *fakeBackend
 	fs       *fakeFS
 	stateDir string
+	core     *volumes.Core
 	d        *Driver
 }
 
@@ -283,21 +288,62 @@ func newHarness(t *testing.T) *harness {
 // as a restarted plugin process would.
 func (h *harness) newDriver() *Driver {
 	h.t.Helper()
-	d, err := New(Config{
+	return h.newDriverWith(func(*volumes.Config) {})
+}
+
+// newDriverWith is newDriver with a changed configuration.
+func (h *harness) newDriverWith(change func(*volumes.Config)) *Driver {
+	h.t.Helper()
+	cfg := volumes.Config{
 		Backends:       map[string]backends.Backend{"local": h.be},
 		FS:             h.fs,
 		ParseMountOpts: fakeMountOpts,
 		StateDir:       h.stateDir,
 		MountDir:       "/mnt/bv",
-		Defaults:       OptionDefaults{Size: "1G", FSType: "ext4", Backend: "local"},
+		Defaults:       volumes.OptionDefaults{Size: "1G", FSType: "ext4", Backend: "local"},
 		CreateTimeout:  5 * time.Second,
 		MountTimeout:   5 * time.Second,
 		OtherTimeout:   5 * time.Second,
 		UndoTimeout:    5 * time.Second,
 		Log:            slog.New(slog.DiscardHandler),
-	})
+	}
+	change(&cfg)
+	core, err := volumes.New(cfg)
 	if err != nil {
 		h.t.Fatalf("New: %v", err)
 	}
-	return d
+	h.core = core
+	return New(core)
+}
+
+// recordPath is where the core keeps its record of a volume in use.
+func (h *harness) recordPath(name string) string {
+	return filepath.Join(h.stateDir, "volumes", name+".json")
+}
+
+// hasRecord reports whether this host has a record of name on disk.
+func (h *harness) hasRecord(name string) bool {
+	_, err := os.Stat(h.recordPath(name))
+	return err == nil
+}
+
+// setPhase rewrites the phase of name's record on disk, as a crash in the
+// middle of an operation would have left it.
+func (h *harness) setPhase(name, phase string) {
+	h.t.Helper()
+	var r map[string]any
+	b, err := os.ReadFile(h.recordPath(name))
+	if err == nil {
+		err = json.Unmarshal(b, &r)
+	}
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	r["phase"] = phase
+	if b, err = json.Marshal(r); err == nil {
+		err = os.WriteFile(h.recordPath(name), b, 0o600)
+	}
+	if err != nil {
+		h.t.Fatal(err)
+	}
 }

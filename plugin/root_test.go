@@ -17,6 +17,7 @@ import (
 	"github.com/blockvol/blockvol/fs"
 	"github.com/blockvol/blockvol/hostexec"
 	"github.com/blockvol/blockvol/plugin"
+	"github.com/blockvol/blockvol/volumes"
 	"github.com/docker/go-plugins-helpers/volume"
 )
 
@@ -61,13 +62,13 @@ func (h *realHost) restart() {
 		h.t.Fatal(err)
 	}
 	h.fs = &fs.FS{Run: hostexec.OS{}, Mounter: fs.SyscallMounter{}, Log: log}
-	h.d, err = plugin.New(plugin.Config{
+	core, err := volumes.New(volumes.Config{
 		Backends:       map[string]backends.Backend{"local": be},
 		FS:             h.fs,
 		ParseMountOpts: fs.ParseMountOptions,
 		StateDir:       h.stateDir,
 		MountDir:       h.mntDir,
-		Defaults:       plugin.OptionDefaults{Size: "64M", FSType: "ext4", Backend: "local"},
+		Defaults:       volumes.OptionDefaults{Size: "64M", FSType: "ext4", Backend: "local"},
 		CreateTimeout:  time.Minute,
 		MountTimeout:   time.Minute,
 		OtherTimeout:   time.Minute,
@@ -76,7 +77,8 @@ func (h *realHost) restart() {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	if err := h.d.Recover(h.t.Context()); err != nil {
+	h.d = plugin.New(core)
+	if err := core.Recover(h.t.Context()); err != nil {
 		h.t.Fatal(err)
 	}
 }
@@ -163,7 +165,7 @@ func TestRootVolumeLifecycle(t *testing.T) {
 				t.Fatalf("blkid on %s: %q %v", dev, out, err)
 			}
 			size, err := exec.Command("blockdev", "--getsize64", dev).Output()
-			if want, _ := plugin.ParseSize(tc.size); err != nil || strings.TrimSpace(string(size)) != strconv.FormatInt(want, 10) {
+			if want, _ := volumes.ParseSize(tc.size); err != nil || strings.TrimSpace(string(size)) != strconv.FormatInt(want, 10) {
 				t.Fatalf("device size %q, want %d", size, want)
 			}
 			if err := os.WriteFile(filepath.Join(mp, "hello"), []byte("kept"), 0o644); err != nil {

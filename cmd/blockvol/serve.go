@@ -18,6 +18,7 @@ import (
 	"github.com/blockvol/blockvol/config"
 	"github.com/blockvol/blockvol/metrics"
 	"github.com/blockvol/blockvol/plugin"
+	"github.com/blockvol/blockvol/volumes"
 	"github.com/coreos/go-systemd/v22/activation"
 	"github.com/coreos/go-systemd/v22/daemon"
 	"github.com/docker/go-plugins-helpers/volume"
@@ -57,23 +58,23 @@ func serve(configPath string, stderr io.Writer) error {
 	defer l.Close()
 	log.Info("listening", "socket", l.Addr().String(), "activated", activated, "name", cfg.Name, "version", version)
 
-	var obs plugin.Observer
+	var obs volumes.Observer
 	var m *metrics.Metrics
 	if cfg.Metrics.Listen != "" {
 		m = metrics.New()
 		obs = m
 	}
-	drv, err := newDriver(cfg, log, obs)
+	core, err := newCore(cfg, log, obs)
 	if err != nil {
 		return err
 	}
 	if m != nil {
-		m.SetStats(drv)
+		m.SetStats(core)
 		stop := startMetrics(m, cfg.Metrics.Listen, log)
 		defer stop()
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), recoverTimeout)
-	if err := drv.Recover(ctx); err != nil {
+	if err := core.Recover(ctx); err != nil {
 		log.Error("recovery left work undone; it is retried at each volume's next operation", "err", err)
 	}
 	cancel()
@@ -82,7 +83,7 @@ func serve(configPath string, stderr io.Writer) error {
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
 	defer signal.Stop(sigs)
 	notify(log, daemon.SdNotifyReady)
-	return serveUntilSignal(l, drv, sigs, shutdownGrace, log)
+	return serveUntilSignal(l, plugin.New(core), sigs, shutdownGrace, log)
 }
 
 // waitingDriver is a volume.Driver that can wait for its calls in flight

@@ -12,7 +12,7 @@ import (
 	"github.com/blockvol/blockvol/fs"
 	"github.com/blockvol/blockvol/hostexec"
 	"github.com/blockvol/blockvol/iscsi"
-	"github.com/blockvol/blockvol/plugin"
+	"github.com/blockvol/blockvol/volumes"
 )
 
 // newBackends builds every configured backend. A backend that cannot be
@@ -69,18 +69,19 @@ func newBackend(bc config.BackendConfig, run hostexec.Runner, initiator func() (
 	}
 }
 
-// newDriver wires the plugin: backends, filesystems, state.
-func newDriver(cfg config.Config, log *slog.Logger, obs plugin.Observer) (*plugin.Driver, error) {
+// newCore wires the protocol-free core: backends, filesystems, state. The
+// front doors (the Docker plugin, CSI) are built on it.
+func newCore(cfg config.Config, log *slog.Logger, obs volumes.Observer) (*volumes.Core, error) {
 	run := hostexec.OS{}
 	bes := newBackends(cfg, run, log)
 	filesystems := &fs.FS{Run: run, Mounter: fs.SyscallMounter{}, Log: log}
-	return plugin.New(plugin.Config{
+	return volumes.New(volumes.Config{
 		Backends:       bes,
 		FS:             filesystems,
 		ParseMountOpts: fs.ParseMountOptions,
 		StateDir:       cfg.StateDir,
 		MountDir:       cfg.MountDir,
-		Defaults: plugin.OptionDefaults{
+		Defaults: volumes.OptionDefaults{
 			Size:      cfg.Defaults.Size,
 			FSType:    cfg.Defaults.FSType,
 			MountOpts: cfg.Defaults.MountOpts,

@@ -1,4 +1,4 @@
-package plugin
+package volumes
 
 import (
 	"context"
@@ -6,17 +6,17 @@ import (
 )
 
 // Recover reconciles the records left by an earlier run with what the host
-// really has, before the plugin serves:
+// really has, before the front doors serve:
 //   - mounted, with users, and the mount is there: kept; the containers go
 //     on, and their Unmounts will work;
 //   - mounted, with users, but the mount is gone (the host rebooted): the
 //     users are stale; the volume is detached and the record dropped;
-//   - mounting (a crash in the middle of a Mount, whose caller got no
-//     answer and will send no Unmount) or unmounting: torn down.
+//   - mounting (a crash in the middle of a use, whose caller got no
+//     answer and will send no release) or unmounting: torn down.
 //
 // A volume whose teardown fails keeps its record and is retried at its next
 // operation; Recover reports all such failures together.
-func (d *Driver) Recover(ctx context.Context) error {
+func (d *Core) Recover(ctx context.Context) error {
 	var errs []error
 	for _, name := range d.recordNames() {
 		r, ok := d.recs.get(name)
@@ -54,7 +54,7 @@ func (d *Driver) Recover(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func (d *Driver) recordNames() []string {
+func (d *Core) recordNames() []string {
 	d.recs.mu.RLock()
 	defer d.recs.mu.RUnlock()
 	names := make([]string, 0, len(d.recs.m))

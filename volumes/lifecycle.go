@@ -1,4 +1,4 @@
-package plugin
+package volumes
 
 import (
 	"context"
@@ -7,32 +7,31 @@ import (
 	"log/slog"
 
 	"github.com/blockvol/blockvol/backends"
-	"github.com/docker/go-plugins-helpers/volume"
 )
 
-// Create makes a volume with the given options. Creating a name that exists
-// already returns it unchanged (its stored options win): Docker asks Get
-// first and calls Create only for a name it did not find.
-func (d *Driver) Create(req *volume.CreateRequest) (err error) {
-	c := d.begin("create", req.Name, d.cfg.CreateTimeout)
+// Create makes a volume called name with the given raw options. Creating a
+// name that exists already returns it unchanged (its stored options win):
+// Docker asks Get first and calls Create only for a name it did not find.
+func (d *Core) Create(ctx context.Context, name string, rawOpts map[string]string) (err error) {
+	c := d.begin(ctx, "create", name, d.cfg.CreateTimeout)
 	defer func() { c.end(err) }()
 	ctx, log := c.ctx, c.log
-	if err := ValidateName(req.Name); err != nil {
+	if err := ValidateName(name); err != nil {
 		return err
 	}
-	opts, err := ParseOptions(req.Options, d.cfg.Defaults, d.cfg.ParseMountOpts)
+	opts, err := ParseOptions(rawOpts, d.cfg.Defaults, d.cfg.ParseMountOpts)
 	if err != nil {
 		log.Info("create refused", "err", err)
 		return err
 	}
 	c.backend = opts.Backend
-	unlock, err := d.lockVolume(ctx, req.Name)
+	unlock, err := d.lockVolume(ctx, name)
 	if err != nil {
 		return err
 	}
 	defer unlock()
 
-	if bn, err := d.existing(ctx, log, req.Name, opts.Backend); err != nil {
+	if bn, err := d.existing(ctx, log, name, opts.Backend); err != nil {
 		return err
 	} else if bn != "" {
 		log.Info("volume exists already; options of this create ignored", "backend", bn)
@@ -40,7 +39,7 @@ func (d *Driver) Create(req *volume.CreateRequest) (err error) {
 	}
 	be := d.cfg.Backends[opts.Backend]
 	_, err = be.Create(ctx, backends.CreateRequest{
-		Name:             req.Name,
+		Name:             name,
 		SizeBytes:        opts.SizeBytes,
 		VolumeType:       opts.VolumeType,
 		IOPS:             opts.IOPS,
@@ -53,11 +52,11 @@ func (d *Driver) Create(req *volume.CreateRequest) (err error) {
 		// and our create: theirs is the volume.
 		log.Info("volume created concurrently elsewhere; using it")
 	case errors.Is(err, backends.ErrInvalid):
-		return &userError{kind: ErrInvalid, msg: fmt.Sprintf("volume %q cannot be created: %v", req.Name, err), err: err}
+		return &userError{kind: ErrInvalid, msg: fmt.Sprintf("volume %q cannot be created: %v", name, err), err: err}
 	case err != nil:
-		return fmt.Errorf("volume %q cannot be created on backend %s: %w", req.Name, opts.Backend, err)
+		return fmt.Errorf("volume %q cannot be created on backend %s: %w", name, opts.Backend, err)
 	}
-	d.remember(req.Name, opts.Backend)
+	d.remember(name, opts.Backend)
 	log.Info("volume created", "backend", opts.Backend, "size_bytes", opts.SizeBytes, "fstype", opts.FSType)
 	return nil
 }
@@ -67,7 +66,7 @@ func (d *Driver) Create(req *volume.CreateRequest) (err error) {
 // backend that cannot be reached is logged and passed over, so that one
 // outage does not stop creates everywhere (the target backend still
 // refuses a duplicate within itself).
-func (d *Driver) existing(ctx context.Context, log *slog.Logger, name, target string) (string, error) {
+func (d *Core) existing(ctx context.Context, log *slog.Logger, name, target string) (string, error) {
 	for _, bn := range d.cfg.Defaults.Backends {
 		_, err := d.cfg.Backends[bn].Get(ctx, name)
 		switch {
@@ -86,41 +85,41 @@ func (d *Driver) existing(ctx context.Context, log *slog.Logger, name, target st
 
 // Remove deletes a volume and its data. It refuses a volume that has users
 // on this host; the backend refuses one attached anywhere.
-func (d *Driver) Remove(req *volume.RemoveRequest) (err error) {
-	c := d.begin("remove", req.Name, d.cfg.OtherTimeout)
+func (d *Core) Remove(ctx context.Context, name string) (err error) {
+	c := d.begin(ctx, "remove", name, d.cfg.OtherTimeout)
 	defer func() { c.end(err) }()
 	ctx, log := c.ctx, c.log
-	unlock, err := d.acquire(ctx, req.Name)
+	unlock, err := d.acquire(ctx, name)
 	if err != nil {
 		return err
 	}
 	defer unlock()
 
-	if r, ok := d.recs.get(req.Name); ok {
+	if r, ok := d.recs.get(name); ok {
 		if len(r.Users) > 0 {
-			return &userError{kind: ErrInUse, msg: fmt.Sprintf("volume %q is in use by %d mount(s) on this host; stop the containers using it first", req.Name, len(r.Users))}
+			return &userError{kind: ErrInUse, msg: fmt.Sprintf("volume %q is in use by %d mount(s) on this host; stop the containers using it first", name, len(r.Users))}
 		}
 		// A teardown that failed earlier: finish it before removing.
 		if err := d.teardown(ctx, log, r); err != nil {
-			return fmt.Errorf("volume %q cannot be removed: %w", req.Name, err)
+			return fmt.Errorf("volume %q cannot be removed: %w", name, err)
 		}
 	}
-	_, bn, err := d.lookup(ctx, req.Name)
+	_, bn, err := d.lookup(ctx, name)
 	if err != nil {
 		return err
 	}
 	c.backend = bn
-	if err := d.cfg.Backends[bn].Remove(ctx, req.Name); err != nil {
+	if err := d.cfg.Backends[bn].Remove(ctx, name); err != nil {
 		switch {
 		case errors.Is(err, backends.ErrNotFound):
 			// Gone already (removed concurrently elsewhere): done.
 		case errors.Is(err, backends.ErrInUse):
-			return &userError{kind: ErrInUse, msg: fmt.Sprintf("volume %q cannot be removed: %v", req.Name, err), err: err}
+			return &userError{kind: ErrInUse, msg: fmt.Sprintf("volume %q cannot be removed: %v", name, err), err: err}
 		default:
-			return fmt.Errorf("volume %q cannot be removed: %w", req.Name, err)
+			return fmt.Errorf("volume %q cannot be removed: %w", name, err)
 		}
 	}
-	d.remember(req.Name, "")
+	d.remember(name, "")
 	log.Info("volume removed", "backend", bn)
 	return nil
 }

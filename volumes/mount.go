@@ -1,4 +1,4 @@
-package plugin
+package volumes
 
 import (
 	"context"
@@ -9,53 +9,51 @@ import (
 	"path/filepath"
 
 	"github.com/blockvol/blockvol/backends"
-	"github.com/docker/go-plugins-helpers/volume"
 )
 
-// Mount gives the volume to one more user and returns its mountpoint. The
-// first user attaches, formats if blank, and mounts; later users join the
-// existing mount. A repeated Mount with the same ID, or an ID-less one while
-// the ID-less use is held, changes nothing.
-func (d *Driver) Mount(req *volume.MountRequest) (_ *volume.MountResponse, err error) {
-	user := req.ID
-	if user == "" {
-		user = anonymousUser
-	}
-	c := d.begin("mount", req.Name, d.cfg.MountTimeout, "id", shortID(req.ID))
+// Use gives the volume to one more user (a claim, non-empty) and returns
+// its mountpoint. The first user attaches, formats if blank, and mounts;
+// later users join the existing mount. A repeated Use by the same user
+// changes nothing.
+func (d *Core) Use(ctx context.Context, name, user string) (_ string, err error) {
+	c := d.begin(ctx, "mount", name, d.cfg.MountTimeout, "id", shortID(user))
 	defer func() { c.end(err) }()
 	ctx, log := c.ctx, c.log
-	unlock, err := d.acquire(ctx, req.Name)
+	if user == "" {
+		return "", invalidf("volume %q: a use needs a user", name)
+	}
+	unlock, err := d.acquire(ctx, name)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	defer unlock()
 
-	r, known := d.recs.get(req.Name)
+	r, known := d.recs.get(name)
 	c.backend = r.Backend
 	if known && r.Phase == phaseMounted {
 		dev, err := d.cfg.FS.MountedDevice(r.Mountpoint)
 		if err != nil {
-			return nil, fmt.Errorf("volume %q: %w", req.Name, err)
+			return "", fmt.Errorf("volume %q: %w", name, err)
 		}
 		if dev != "" {
 			if !r.has(user) {
 				r.add(user)
 				if err := d.recs.put(r); err != nil {
-					return nil, fmt.Errorf("volume %q: %w", req.Name, err)
+					return "", fmt.Errorf("volume %q: %w", name, err)
 				}
 			}
 			log.Info("volume mounted for one more user", "users", len(r.Users))
-			return &volume.MountResponse{Mountpoint: r.Mountpoint}, nil
+			return r.Mountpoint, nil
 		}
 		log.Warn("volume was recorded as mounted but its mount is gone; mounting it again", "mountpoint", r.Mountpoint)
 	}
 
-	vol, bn, err := d.lookup(ctx, req.Name)
+	vol, bn, err := d.lookup(ctx, name)
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	if !known {
-		r = record{Name: req.Name, Backend: bn, Mountpoint: d.mountpoint(req.Name)}
+		r = record{Name: name, Backend: bn, Mountpoint: d.mountpoint(name)}
 	}
 	c.backend = r.Backend
 	// Claim before any host change, so that a crash in the middle leaves a
@@ -63,20 +61,20 @@ func (d *Driver) Mount(req *volume.MountRequest) (_ *volume.MountResponse, err e
 	r.add(user)
 	r.Phase = phaseMounting
 	if err := d.recs.put(r); err != nil {
-		return nil, fmt.Errorf("volume %q: %w", req.Name, err)
+		return "", fmt.Errorf("volume %q: %w", name, err)
 	}
 	r, err = d.bringUp(ctx, log, r, vol)
 	if err == nil {
 		log.Info("volume mounted", "device", r.Device, "mountpoint", r.Mountpoint, "users", len(r.Users))
-		return &volume.MountResponse{Mountpoint: r.Mountpoint}, nil
+		return r.Mountpoint, nil
 	}
 	log.Error("mount failed; undoing", "err", err)
 	d.undoMount(log, r, user)
-	return nil, fmt.Errorf("volume %q cannot be mounted: %w", req.Name, err)
+	return "", fmt.Errorf("volume %q cannot be mounted: %w", name, err)
 }
 
 // bringUp attaches, prepares and mounts r's volume and records it mounted.
-func (d *Driver) bringUp(ctx context.Context, log *slog.Logger, r record, vol backends.Volume) (record, error) {
+func (d *Core) bringUp(ctx context.Context, log *slog.Logger, r record, vol backends.Volume) (record, error) {
 	be, err := d.backend(r.Backend)
 	if err != nil {
 		return r, err
@@ -113,7 +111,7 @@ func (d *Driver) bringUp(ctx context.Context, log *slog.Logger, r record, vol ba
 	return r, nil
 }
 
-func (d *Driver) prepareAndMount(ctx context.Context, log *slog.Logger, r record, vol backends.Volume, opts Options, be backends.Backend) error {
+func (d *Core) prepareAndMount(ctx context.Context, log *slog.Logger, r record, vol backends.Volume, opts Options, be backends.Backend) error {
 	overwrite := vol.Meta[metaOverwritePendingKey] == "true"
 	if overwrite {
 		// Clear the request before acting on it: a crash after this point
@@ -150,9 +148,9 @@ func (d *Driver) prepareAndMount(ctx context.Context, log *slog.Logger, r record
 	return nil
 }
 
-// undoMount rolls back a failed Mount for user: with no other user left the
+// undoMount rolls back a failed use for user: with no other user left the
 // volume is unmounted and detached and its record dropped.
-func (d *Driver) undoMount(log *slog.Logger, r record, user string) {
+func (d *Core) undoMount(log *slog.Logger, r record, user string) {
 	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.UndoTimeout)
 	defer cancel()
 	r.remove(user)
@@ -172,23 +170,19 @@ func (d *Driver) undoMount(log *slog.Logger, r record, user string) {
 	}
 }
 
-// Unmount releases one user's use; the last user's release unmounts and
+// Release ends one user's use; the last user's release unmounts and
 // detaches the volume.
-func (d *Driver) Unmount(req *volume.UnmountRequest) (err error) {
-	user := req.ID
-	if user == "" {
-		user = anonymousUser
-	}
-	c := d.begin("unmount", req.Name, d.cfg.OtherTimeout, "id", shortID(req.ID))
+func (d *Core) Release(ctx context.Context, name, user string) (err error) {
+	c := d.begin(ctx, "unmount", name, d.cfg.OtherTimeout, "id", shortID(user))
 	defer func() { c.end(err) }()
 	ctx, log := c.ctx, c.log
-	unlock, err := d.acquire(ctx, req.Name)
+	unlock, err := d.acquire(ctx, name)
 	if err != nil {
 		return err
 	}
 	defer unlock()
 
-	r, ok := d.recs.get(req.Name)
+	r, ok := d.recs.get(name)
 	c.backend = r.Backend
 	if !ok {
 		log.Info("volume is not mounted on this host; nothing to unmount")
@@ -205,17 +199,17 @@ func (d *Driver) Unmount(req *volume.UnmountRequest) (err error) {
 	r.remove(user)
 	if len(r.Users) > 0 {
 		if err := d.recs.put(r); err != nil {
-			return fmt.Errorf("volume %q: %w", req.Name, err)
+			return fmt.Errorf("volume %q: %w", name, err)
 		}
 		log.Info("volume released by one user; still mounted", "users", len(r.Users))
 		return nil
 	}
 	r.Phase = phaseUnmounting
 	if err := d.recs.put(r); err != nil {
-		return fmt.Errorf("volume %q: %w", req.Name, err)
+		return fmt.Errorf("volume %q: %w", name, err)
 	}
 	if err := d.teardown(ctx, log, r); err != nil {
-		return fmt.Errorf("volume %q cannot be unmounted: %w", req.Name, err)
+		return fmt.Errorf("volume %q cannot be unmounted: %w", name, err)
 	}
 	log.Info("volume unmounted and detached")
 	return nil
@@ -224,7 +218,7 @@ func (d *Driver) Unmount(req *volume.UnmountRequest) (err error) {
 // teardown unmounts and detaches r's volume and drops its record. Each
 // step is idempotent, so a teardown interrupted by a crash or an error is
 // finished by running it again.
-func (d *Driver) teardown(ctx context.Context, log *slog.Logger, r record) error {
+func (d *Core) teardown(ctx context.Context, log *slog.Logger, r record) error {
 	if err := d.cfg.FS.Unmount(ctx, r.Mountpoint); err != nil {
 		return fmt.Errorf("unmount %s: %w", r.Mountpoint, err)
 	}
@@ -241,7 +235,7 @@ func (d *Driver) teardown(ctx context.Context, log *slog.Logger, r record) error
 	return d.recs.del(r.Name)
 }
 
-func (d *Driver) backend(name string) (backends.Backend, error) {
+func (d *Core) backend(name string) (backends.Backend, error) {
 	be, ok := d.cfg.Backends[name]
 	if !ok {
 		return nil, fmt.Errorf("backend %q is no longer configured on this host", name)
@@ -260,7 +254,7 @@ func sameDevice(a, b string) bool {
 	return errA == nil && errB == nil && ra == rb
 }
 
-// shortID shortens Docker's 64-hex mount IDs for logs.
+// shortID shortens users (Docker's 64-hex mount IDs, say) for logs.
 func shortID(id string) string {
 	if id == "" {
 		return "(none)"

@@ -1,10 +1,25 @@
-package plugin
+package volumes
 
 import (
 	"errors"
 	"strings"
 	"testing"
 )
+
+// fakeMountOpts accepts noatime and discard only.
+func fakeMountOpts(s string) ([]string, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var out []string
+	for _, o := range strings.Split(s, ",") {
+		if o != "noatime" && o != "discard" {
+			return nil, errors.New("bad mount option " + o)
+		}
+		out = append(out, o)
+	}
+	return out, nil
+}
 
 var testDefaults = OptionDefaults{Size: "1G", FSType: "ext4", Backend: "local", Backends: []string{"local", "shared"}}
 

@@ -1,4 +1,4 @@
-package plugin
+package volumes
 
 import (
 	"sort"
@@ -20,18 +20,14 @@ const (
 	phaseUnmounting = "unmounting"
 )
 
-// anonymousUser stands for the ID-less use of dvdcli and Mesos. Docker's
-// mount IDs are 64 hex digits, so it cannot collide with one.
-const anonymousUser = "<no-id>"
-
 // record is what this host knows of a volume it has in use. It exists from
-// the first Mount until the last Unmount has detached the volume, and is
+// the first use until the last release has detached the volume, and is
 // changed only under the volume's lock.
 type record struct {
 	Name       string   `json:"name"`
 	Backend    string   `json:"backend"`
 	Phase      string   `json:"phase"`
-	Users      []string `json:"users"` // sorted set of mount IDs
+	Users      []string `json:"users"` // sorted set of claims (Docker mount IDs, ...)
 	Device     string   `json:"device,omitempty"`
 	Mountpoint string   `json:"mountpoint"`
 }
@@ -99,15 +95,13 @@ func (rs *records) del(name string) error {
 	return nil
 }
 
-// mountpoints returns name → mountpoint of every mounted volume.
-func (rs *records) mountpoints() map[string]string {
+// locals returns name → this host's use of every volume with a record.
+func (rs *records) locals() map[string]*Local {
 	rs.mu.RLock()
 	defer rs.mu.RUnlock()
-	out := make(map[string]string, len(rs.m))
+	out := make(map[string]*Local, len(rs.m))
 	for n, r := range rs.m {
-		if r.Phase == phaseMounted {
-			out[n] = r.Mountpoint
-		}
+		out[n] = localOf(r)
 	}
 	return out
 }

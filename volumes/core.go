@@ -1,17 +1,23 @@
-// Package plugin implements Docker's VolumeDriver protocol on top of the
-// backends (which provide and attach block devices) and the fs package
-// (which formats and mounts them).
+// Package volumes is blockvol's protocol-free core: it creates and removes
+// volumes on the backends (which provide and attach block devices), and
+// brings them up and down on this host with the fs package (which formats
+// and mounts them), for the front doors above it (the Docker VolumeDriver
+// adapter in plugin/, the CSI services in csi/). It knows neither door.
 //
-// Contract with Docker and dvdcli (see FIELD-NOTES):
-//   - Create carries the options; they are parsed against a whitelist and
-//     stored with the volume, because Mount never carries them.
-//   - Mount/Unmount with an ID are counted by ID: the volume is mounted at
-//     the first and unmounted and detached at the last. An ID-less Mount
-//     (dvdcli, Mesos) is one idempotent use; an ID-less Unmount releases it.
-//   - A failed Mount undoes its own work: Docker sends no Unmount after it.
+// Contract:
+//   - Create takes the raw create options; they are parsed against a
+//     whitelist and stored with the volume, because a later use never
+//     carries them.
+//   - Uses are counted by user (a claim: a Docker mount ID, a CSI target):
+//     the volume is mounted at the first and unmounted and detached at the
+//     last. A repeated use by one user is one use.
+//   - A failed use undoes its own work: no release follows it.
 //   - Every operation on one volume is serialized; different volumes run in
-//     parallel. Every slow path runs under a deadline shorter than Docker's.
-package plugin
+//     parallel. Every slow path runs under the caller's context and the
+//     operation's own deadline.
+//   - Every change of this host's use of a volume is recorded crash-safely
+//     before it is made, so Recover can finish or undo it after kill -9.
+package volumes
 
 import (
 	"context"
@@ -26,10 +32,9 @@ import (
 	"github.com/blockvol/blockvol/backends"
 	"github.com/blockvol/blockvol/internal/keyedlock"
 	"github.com/blockvol/blockvol/state"
-	"github.com/docker/go-plugins-helpers/volume"
 )
 
-// Filesystem is what the plugin needs of the fs package.
+// Filesystem is what the core needs of the fs package.
 type Filesystem interface {
 	// Prepare makes sure dev holds a mountable filesystem, formatting a
 	// blank device (or, with overwrite, an ext4/xfs one) as fstype, and
@@ -43,7 +48,7 @@ type Filesystem interface {
 	MountedDevice(target string) (string, error)
 }
 
-// Config wires a Driver.
+// Config wires a Core.
 type Config struct {
 	Backends map[string]backends.Backend
 	FS       Filesystem
@@ -62,15 +67,16 @@ type Config struct {
 	Observer Observer
 }
 
-// Observer receives one report per finished plugin call. backend is ""
+// Observer receives one report per finished operation. backend is ""
 // when the call failed before its backend was known, or spans all of them
 // (List).
 type Observer interface {
 	Observe(op, backend string, elapsed time.Duration, err error)
 }
 
-// Driver implements volume.Driver.
-type Driver struct {
+// Core manages the volumes of the configured backends and this host's use
+// of them.
+type Core struct {
 	cfg      Config
 	log      *slog.Logger
 	locks    keyedlock.Map
@@ -83,11 +89,9 @@ type Driver struct {
 	inflight sync.WaitGroup
 }
 
-var _ volume.Driver = (*Driver)(nil)
-
 // New validates cfg, loads the records of the state directory and returns
-// a Driver. Call Recover before serving.
-func New(cfg Config) (*Driver, error) {
+// a Core. Call Recover before serving.
+func New(cfg Config) (*Core, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
@@ -110,7 +114,7 @@ func New(cfg Config) (*Driver, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &Driver{
+	d := &Core{
 		cfg:      cfg,
 		log:      cfg.Log,
 		recs:     &records{store: store, m: map[string]record{}},
@@ -134,7 +138,7 @@ func New(cfg Config) (*Driver, error) {
 // Wait blocks until every operation in flight has returned, or ctx ends.
 // The server stops accepting requests first; Wait lets the ones under way
 // finish or roll back before the process exits.
-func (d *Driver) Wait(ctx context.Context) error {
+func (d *Core) Wait(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() { d.inflight.Wait(); close(done) }()
 	select {
@@ -145,10 +149,10 @@ func (d *Driver) Wait(ctx context.Context) error {
 	}
 }
 
-// call is one plugin operation in progress: its deadline, its logger and
+// call is one operation in progress: its deadline, its logger and
 // what the Observer is told when it ends.
 type call struct {
-	d       *Driver
+	d       *Core
 	op      string
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -157,11 +161,11 @@ type call struct {
 	backend string // set once known, for the Observer
 }
 
-// begin starts an operation: a deadline, a logger with its attributes, and
-// the in-flight count. The caller must call end.
-func (d *Driver) begin(op, name string, timeout time.Duration, attrs ...any) *call {
+// begin starts an operation under parent: a deadline, a logger with its
+// attributes, and the in-flight count. The caller must call end.
+func (d *Core) begin(parent context.Context, op, name string, timeout time.Duration, attrs ...any) *call {
 	d.inflight.Add(1)
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	ctx, cancel := context.WithTimeout(parent, timeout)
 	return &call{
 		d: d, op: op, ctx: ctx, cancel: cancel, start: time.Now(),
 		log: d.log.With(append([]any{"op", op, "volume", name}, attrs...)...),
@@ -180,7 +184,7 @@ func (c *call) end(err error) {
 
 // Stats counts the volumes this host has attached (in use or in the middle
 // of an operation) and mounted.
-func (d *Driver) Stats() (attached, mounted int) {
+func (d *Core) Stats() (attached, mounted int) {
 	d.recs.mu.RLock()
 	defer d.recs.mu.RUnlock()
 	for _, r := range d.recs.m {
@@ -192,12 +196,12 @@ func (d *Driver) Stats() (attached, mounted int) {
 	return attached, mounted
 }
 
-func (d *Driver) mountpoint(name string) string { return filepath.Join(d.cfg.MountDir, name) }
+func (d *Core) mountpoint(name string) string { return filepath.Join(d.cfg.MountDir, name) }
 
 // lookup finds the backend that holds name. It returns an error wrapping
 // ErrNotFound only when every backend answered and none has the volume;
 // any other failure is returned as such, never as "not found".
-func (d *Driver) lookup(ctx context.Context, name string) (backends.Volume, string, error) {
+func (d *Core) lookup(ctx context.Context, name string) (backends.Volume, string, error) {
 	known := d.knownBackend(name)
 	order := make([]string, 0, len(d.cfg.Backends))
 	if known != "" {
@@ -227,13 +231,13 @@ func (d *Driver) lookup(ctx context.Context, name string) (backends.Volume, stri
 
 // knownBackend returns the backend a volume was last seen on since the
 // plugin started, or "".
-func (d *Driver) knownBackend(name string) string {
+func (d *Core) knownBackend(name string) string {
 	d.whereMu.RLock()
 	defer d.whereMu.RUnlock()
 	return d.where[name]
 }
 
-func (d *Driver) remember(name, backend string) {
+func (d *Core) remember(name, backend string) {
 	d.whereMu.Lock()
 	if backend == "" {
 		delete(d.where, name)
@@ -243,13 +247,14 @@ func (d *Driver) remember(name, backend string) {
 	d.whereMu.Unlock()
 }
 
-// Capabilities reports global scope when any backend is shared by hosts.
-func (d *Driver) Capabilities() *volume.CapabilitiesResponse {
+// Scope is backends.ScopeGlobal when any backend is shared by hosts,
+// backends.ScopeLocal otherwise.
+func (d *Core) Scope() string {
 	scope := backends.ScopeLocal
 	for _, b := range d.cfg.Backends {
 		if b.Scope() == backends.ScopeGlobal {
 			scope = backends.ScopeGlobal
 		}
 	}
-	return &volume.CapabilitiesResponse{Capabilities: volume.Capability{Scope: scope}}
+	return scope
 }

@@ -1,4 +1,4 @@
-package plugin
+package volumes
 
 import (
 	"encoding/json"
@@ -115,7 +115,7 @@ func ParseOptions(raw map[string]string, def OptionDefaults, parseMountOpts Moun
 		return Options{}, invalidf("option fstype %q is not supported; use ext4 or xfs", o.FSType)
 	}
 	if o.SizeBytes < minSize {
-		return Options{}, invalidf("option size %s is too small for %s, which needs at least %s", formatSize(o.SizeBytes), o.FSType, formatSize(minSize))
+		return Options{}, invalidf("option size %s is too small for %s, which needs at least %s", FormatSize(o.SizeBytes), o.FSType, FormatSize(minSize))
 	}
 	if v, ok := canon["overwritefs"]; ok {
 		if o.OverwriteFS, err = strconv.ParseBool(v); err != nil {
@@ -185,14 +185,14 @@ func ParseSize(s string) (int64, error) {
 		return bad()
 	}
 	if n > math.MaxInt64/unit || n*unit > maxSizeBytes {
-		return 0, invalidf("option size %q is larger than the largest volume blockvol makes (%s)", orig, formatSize(maxSizeBytes))
+		return 0, invalidf("option size %q is larger than the largest volume blockvol makes (%s)", orig, FormatSize(maxSizeBytes))
 	}
 	return n * unit, nil
 }
 
-// formatSize prints a byte count in the largest binary unit that keeps it
+// FormatSize prints a byte count in the largest binary unit that keeps it
 // readable.
-func formatSize(n int64) string {
+func FormatSize(n int64) string {
 	switch {
 	case n >= 1<<40 && n%(1<<40) == 0:
 		return fmt.Sprintf("%d TiB", n>>40)

@@ -1,4 +1,4 @@
-package plugin
+package volumes
 
 import (
 	"context"
@@ -8,7 +8,7 @@ import (
 // lockVolume takes the per-name lock of name: a second caller on the same
 // name waits for the first (it is not refused — Docker does not retry) until
 // its context ends, and then gets an error wrapping ErrBusy.
-func (d *Driver) lockVolume(ctx context.Context, name string) (func(), error) {
+func (d *Core) lockVolume(ctx context.Context, name string) (func(), error) {
 	unlock, err := d.locks.Lock(ctx, name)
 	if err != nil {
 		return nil, &userError{
@@ -20,8 +20,17 @@ func (d *Driver) lockVolume(ctx context.Context, name string) (func(), error) {
 	return unlock, nil
 }
 
+// Lock validates a volume name and takes its lock, for a front door that
+// must keep its own state of the volume consistent with the core's (the
+// core's own operations take it themselves: never call one while holding
+// it). It returns the release function, or an error wrapping ErrInvalid or
+// ErrBusy.
+func (d *Core) Lock(ctx context.Context, name string) (func(), error) {
+	return d.acquire(ctx, name)
+}
+
 // acquire validates a volume name and takes its lock.
-func (d *Driver) acquire(ctx context.Context, name string) (func(), error) {
+func (d *Core) acquire(ctx context.Context, name string) (func(), error) {
 	if err := ValidateName(name); err != nil {
 		return nil, err
 	}

@@ -1,0 +1,140 @@
+package volumes
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"time"
+)
+
+// Info describes one volume: the backend's facts and this host's use.
+type Info struct {
+	Name    string
+	Backend string
+	// SizeBytes and CreatedAt are zero when the backend could not be asked.
+	SizeBytes int64
+	CreatedAt time.Time
+	// Options are the stored create options (the defaults for a volume
+	// blockvol did not create); OptionsKnown is false when they could not
+	// be read (unreadable, or the backend could not be asked).
+	Options      Options
+	OptionsKnown bool
+	// Status holds backend facts (backends.Volume.Status).
+	Status map[string]any
+	// Local is this host's use of the volume; nil when it has none.
+	Local *Local
+	// Unreachable is set when the backend could not be asked and the
+	// answer comes from what this host knows.
+	Unreachable error
+}
+
+// Local is this host's use of a volume, as its record says.
+type Local struct {
+	Phase      string // mounting, mounted or unmounting
+	Users      int
+	Device     string
+	Mountpoint string // where the volume is (or is being) mounted
+}
+
+// MountedAt is the mountpoint while the volume is mounted, "" otherwise.
+func (l *Local) MountedAt() string {
+	if l == nil || l.Phase != phaseMounted {
+		return ""
+	}
+	return l.Mountpoint
+}
+
+func localOf(r record) *Local {
+	return &Local{Phase: r.Phase, Users: len(r.Users), Device: r.Device, Mountpoint: r.Mountpoint}
+}
+
+// Get describes one volume. Queries take no volume lock: Docker calls Get
+// right before Mount and must not wait behind another container's slow
+// mount of the same volume.
+//
+// Docker forgets a volume whose Get fails (it calls Get for every volume it
+// knows when it restarts), so a backend that cannot be reached is answered
+// from what this host knows — its record of a volume in use, or a volume
+// seen since the process started — with the failure in Unreachable, rather
+// than with an error.
+func (d *Core) Get(ctx context.Context, name string) (_ Info, err error) {
+	c := d.begin(ctx, "get", name, d.cfg.OtherTimeout)
+	defer func() { c.end(err) }()
+	ctx, log := c.ctx, c.log
+	if err := ValidateName(name); err != nil {
+		return Info{}, err
+	}
+	vol, bn, err := d.lookup(ctx, name)
+	c.backend = bn
+	r, mounted := d.recs.get(name)
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return Info{}, err
+		}
+		if mounted {
+			log.Warn("backend unreachable; answering from this host's record", "err", err)
+			return Info{Name: name, Backend: r.Backend, Local: localOf(r), Unreachable: err}, nil
+		}
+		if bn := d.knownBackend(name); bn != "" {
+			log.Warn("backend unreachable; answering with the volume as last seen", "err", err)
+			return Info{Name: name, Backend: bn, Unreachable: err}, nil
+		}
+		return Info{}, err
+	}
+	info := Info{Name: vol.Name, Backend: bn, SizeBytes: vol.SizeBytes, CreatedAt: vol.CreatedAt, Status: vol.Status}
+	if opts, err := decodeMeta(vol.Meta, d.defaults); err == nil {
+		info.Options, info.OptionsKnown = opts, true
+	}
+	if mounted {
+		info.Local = localOf(r)
+	}
+	return info, nil
+}
+
+// List returns the volumes of every backend, sorted by name, with this
+// host's use of each. Options are not decoded (OptionsKnown is false). A
+// backend that fails is left out (and logged) so that one outage does not
+// hide the others' volumes; only when every backend fails is it an error.
+func (d *Core) List(ctx context.Context) (_ []Info, err error) {
+	c := d.begin(ctx, "list", "", d.cfg.OtherTimeout)
+	defer func() { c.end(err) }()
+	ctx, log := c.ctx, c.log
+	locals := d.recs.locals()
+	out := []Info{}
+	var failures []error
+	for _, bn := range d.cfg.Defaults.Backends {
+		vols, err := d.cfg.Backends[bn].List(ctx)
+		if err != nil {
+			log.Error("backend list failed", "backend", bn, "err", err)
+			failures = append(failures, err)
+			continue
+		}
+		for _, v := range vols {
+			d.remember(v.Name, bn)
+			out = append(out, Info{Name: v.Name, Backend: bn, SizeBytes: v.SizeBytes, CreatedAt: v.CreatedAt, Status: v.Status, Local: locals[v.Name]})
+		}
+	}
+	if len(failures) == len(d.cfg.Backends) {
+		return nil, errors.Join(failures...)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out, nil
+}
+
+// Path returns the mountpoint of a volume mounted on this host, "" when it
+// is not mounted (an error wrapping ErrNotFound when it does not exist).
+func (d *Core) Path(ctx context.Context, name string) (_ string, err error) {
+	c := d.begin(ctx, "path", name, d.cfg.OtherTimeout)
+	defer func() { c.end(err) }()
+	ctx = c.ctx
+	if err := ValidateName(name); err != nil {
+		return "", err
+	}
+	if r, ok := d.recs.get(name); ok {
+		return localOf(r).MountedAt(), nil
+	}
+	if _, _, err := d.lookup(ctx, name); err != nil {
+		return "", err
+	}
+	return "", nil
+}
