@@ -315,16 +315,20 @@ func TestOperationsOnOneVolumeWaitOthersRunFree(t *testing.T) {
 	h.create("fast", nil)
 	gate := make(chan struct{})
 	h.be.attachGate["slow"] = gate
+	entered := make(chan string, 2)
+	h.be.attachEntered = entered
 
 	first := make(chan error, 1)
 	go func() {
 		_, err := h.d.Mount(&volume.MountRequest{Name: "slow", ID: id1})
 		first <- err
 	}()
+	if name := <-entered; name != "slow" {
+		t.Fatalf("attach of %s, want slow", name)
+	}
+	// Started while the first holds the volume: must wait, not fail.
 	second := make(chan error, 1)
 	go func() {
-		// Started while the first holds the volume: must wait, not fail.
-		time.Sleep(50 * time.Millisecond)
 		_, err := h.d.Mount(&volume.MountRequest{Name: "slow", ID: id2})
 		second <- err
 	}()

@@ -31,6 +31,9 @@ type fakeBackend struct {
 	getErr   error            // returned by every Get while set (an outage)
 	// attachGate, when set, makes Attach of that name wait for a receive.
 	attachGate map[string]chan struct{}
+	// attachEntered, when set, receives the name of every Attach that
+	// reached its gate.
+	attachEntered chan string
 	devices    int
 	// lastPreempt is the Preempt of the last Attach.
 	lastPreempt bool
@@ -138,8 +141,11 @@ func (f *fakeBackend) Remove(ctx context.Context, name string) error {
 
 func (f *fakeBackend) Attach(ctx context.Context, name string, opts backends.AttachOptions) (string, error) {
 	f.mu.Lock()
-	gate := f.attachGate[name]
+	gate, entered := f.attachGate[name], f.attachEntered
 	f.mu.Unlock()
+	if entered != nil {
+		entered <- name
+	}
 	if gate != nil {
 		select {
 		case <-gate:

@@ -630,22 +630,33 @@ func TestLockTakesTurnsWithinTheProcess(t *testing.T) {
 
 func TestLockWaitEndsBeforeTheCallsDeadline(t *testing.T) {
 	e := newEnv(t, nil)
-	e.b.host = waitRecorder{e.host, t}
+	rec := &waitRecorder{fakeHost: e.host}
+	e.b.host = rec
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	_ = e.b.withLock(cctx, "x", "v", func(context.Context) error { return nil })
+	err := e.b.withLock(cctx, "x", "v", func(context.Context) error {
+		t.Error("the operation ran though the lock was refused")
+		return nil
+	})
+	if err == nil || !strings.Contains(err.Error(), "take the target host's lock") {
+		t.Fatalf("withLock with the lock refused = %v", err)
+	}
+	if len(rec.args) < 2 || rec.args[0] != "-w" {
+		t.Fatalf("the lock was never asked for with a wait: %q", rec.args)
+	}
+	if rec.args[1] != "4" {
+		t.Errorf("lock wait %q; want 4s (a second short of the call's 5s)", rec.args[1])
+	}
 }
 
-// waitRecorder checks the -w of the lock holder, then refuses.
+// waitRecorder records the arguments of the lock holder, then refuses.
 type waitRecorder struct {
 	*fakeHost
-	t *testing.T
+	args []string
 }
 
-func (w waitRecorder) Hold(ctx context.Context, name string, args ...string) (string, func() error, error) {
-	if args[0] != "-w" || args[1] != "4" {
-		w.t.Errorf("lock wait %q; want about 4s for a call with 5s left", args[1])
-	}
+func (w *waitRecorder) Hold(ctx context.Context, name string, args ...string) (string, func() error, error) {
+	w.args = args
 	return "", nil, errors.New("no")
 }
 

@@ -32,6 +32,16 @@ func RequireRoot(t testing.TB) {
 	}
 }
 
+// RequireLong skips t in -short mode (`make unit`), which must start no
+// daemon: what is the daemon t would start (tgtd, sshd, dockerd). It is a
+// plain skip even with NoSkipEnv set: -short asks for it.
+func RequireLong(t testing.TB, what string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: this test starts " + what)
+	}
+}
+
 // RequireTools skips (see Skip) unless every tool is on PATH.
 func RequireTools(t testing.TB, tools ...string) {
 	t.Helper()

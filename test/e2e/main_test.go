@@ -19,6 +19,7 @@ package e2e
 
 import (
 	"errors"
+	"flag"
 	"fmt"
 	"github.com/blockvol/blockvol/internal/testenv"
 	"os"
@@ -31,6 +32,7 @@ import (
 
 // env is the package-wide fixture built by TestMain.
 var env struct {
+	short bool   // -short: no dockerd; every test skips
 	skip  string // non-empty: every test skips with this reason
 	setup error  // non-nil: every test fails with this error
 
@@ -52,6 +54,12 @@ func TestMain(m *testing.M) {
 }
 
 func runMain(m *testing.M) int {
+	flag.Parse()
+	if testing.Short() {
+		// `make unit` starts no daemon.
+		env.short = true
+		return m.Run()
+	}
 	if os.Geteuid() != 0 {
 		env.skip = "e2e tests need root (dockerd, loop devices, mounts)"
 		return m.Run()
@@ -158,10 +166,7 @@ func requireRoot(t testing.TB) {
 // prints the private dockerd's log lines written during the test if it fails.
 func requireDocker(t testing.TB) *dockerd {
 	t.Helper()
-	requireRoot(t)
-	if env.skip != "" {
-		testenv.Skip(t, env.skip)
-	}
+	skipUnlessSetUp(t)
 	if env.setup != nil {
 		t.Fatalf("e2e setup failed: %v", env.setup)
 	}
@@ -175,7 +180,30 @@ func requireDocker(t testing.TB) *dockerd {
 	return d
 }
 
+// skipUnlessSetUp skips t in -short mode (plainly), without root, or when
+// TestMain found a prerequisite missing (see testenv.Skip).
+func skipUnlessSetUp(t testing.TB) {
+	t.Helper()
+	if env.short {
+		testenv.RequireLong(t, "dockerd")
+	}
+	requireRoot(t)
+	if env.skip != "" {
+		testenv.Skip(t, env.skip)
+	}
+}
+
 // isNotExist reports whether err means that a path does not exist.
 func isNotExist(err error) bool {
 	return errors.Is(err, os.ErrNotExist) || errors.Is(err, syscall.ENOENT)
+}
+
+// `make unit` (-short) starts no dockerd and no plugin.
+func TestShortModeStartsNoDaemon(t *testing.T) {
+	if !testing.Short() {
+		t.Skip("checks -short mode only")
+	}
+	if env.dockerd != nil || env.root != "" {
+		t.Fatalf("-short started the private dockerd (run dir %s)", env.root)
+	}
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/blockvol/blockvol/internal/testenv"
 	"io"
 	"net/http"
 	"os"
@@ -51,10 +50,7 @@ func pluginOK(t testing.TB, p *Plugin, endpoint, body string) map[string]any {
 // disappear while it knows them).
 func privatePlugin(t testing.TB, size string) *Plugin {
 	t.Helper()
-	requireRoot(t)
-	if env.skip != "" {
-		testenv.Skip(t, env.skip)
-	}
+	skipUnlessSetUp(t)
 	name := fmt.Sprintf("%s%s-sock-%d", runPrefix, env.runID, time.Now().UnixNano()%1_000_000)
 	dir := filepath.Join(env.root, "private", name)
 	if err := os.MkdirAll(dir, 0o755); err != nil {

@@ -40,9 +40,10 @@ type TGTD struct {
 }
 
 // StartTGTD starts a tgtd for t, skipping t when tgtd is missing or the
-// test does not run as root.
+// test does not run as root, and in -short mode.
 func StartTGTD(t *testing.T) *TGTD {
 	t.Helper()
+	testenv.RequireLong(t, "tgtd")
 	testenv.RequireRoot(t)
 	testenv.RequireTools(t, "tgtd", "tgtadm")
 	d := &TGTD{t: t, Log: filepath.Join(t.TempDir(), "tgtd.log")}
@@ -187,9 +188,10 @@ type SSHD struct {
 }
 
 // StartSSHD starts an sshd for t, skipping t when sshd or ssh-keygen is
-// missing or the test does not run as root.
+// missing, the test does not run as root, and in -short mode.
 func StartSSHD(t *testing.T) *SSHD {
 	t.Helper()
+	testenv.RequireLong(t, "sshd")
 	testenv.RequireRoot(t)
 	testenv.RequireTools(t, "ssh-keygen")
 	if _, err := os.Stat("/usr/sbin/sshd"); err != nil {
