@@ -34,7 +34,7 @@ type fakeBackend struct {
 	// attachEntered, when set, receives the name of every Attach that
 	// reached its gate.
 	attachEntered chan string
-	devices    int
+	devices       int
 	// lastPreempt is the Preempt of the last Attach.
 	lastPreempt bool
 }
