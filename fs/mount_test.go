@@ -8,6 +8,8 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/blockvol/blockvol/internal/mounttable"
 )
 
 // mountCall is one call a fakeMounter received.
@@ -227,42 +229,21 @@ func TestMountedDeviceErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	f.MountInfoPath = bad
-	if _, err := f.MountedDevice("/"); err == nil || !strings.Contains(err.Error(), "line 1") {
-		t.Errorf("line without separator: %v, want a line 1 error", err)
+	if _, err := f.MountedDevice("/"); err == nil || !strings.Contains(err.Error(), "missing - separator") {
+		t.Errorf("line without separator: %v, want a missing separator error", err)
 	}
 }
 
-func TestParseMountInfoFields(t *testing.T) {
-	fh, err := os.Open(filepath.Join("testdata", "mountinfo"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fh.Close()
-	entries, err := parseMountInfo(fh)
+func TestReadMountTableFields(t *testing.T) {
+	entries, err := mounttable.Read(filepath.Join("testdata", "mountinfo"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if len(entries) != 7 {
 		t.Fatalf("%d entries, want 7", len(entries))
 	}
-	want := mountEntry{Target: "/var/lib/blockvol/mounts/my volume", Options: "rw,nosuid,nodev,noatime", FSType: "ext4", Source: "/dev/loop3"}
-	if entries[2] != want {
-		t.Errorf("entry 2 = %+v, want %+v", entries[2], want)
-	}
-}
-
-func TestUnescapeOctal(t *testing.T) {
-	for in, want := range map[string]string{
-		`plain`:        "plain",
-		`a\040b`:       "a b",
-		`\011\012\134`: "\t\n\\",
-		`trailing\04`:  `trailing\04`,
-		`\999`:         `\999`,
-		`\777`:         `\777`,
-		`\`:            `\`,
-	} {
-		if got := unescapeOctal(in); got != want {
-			t.Errorf("unescapeOctal(%q) = %q, want %q", in, got, want)
-		}
+	e := entries[2]
+	if e.Mountpoint != "/var/lib/blockvol/mounts/my volume" || e.Options != "rw,nosuid,nodev,noatime" || e.FSType != "ext4" || e.Source != "/dev/loop3" {
+		t.Errorf("entry 2 = %+v", e)
 	}
 }

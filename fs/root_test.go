@@ -5,13 +5,15 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"github.com/blockvol/blockvol/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/blockvol/blockvol/internal/mounttable"
+	"github.com/blockvol/blockvol/internal/testenv"
 
 	"github.com/blockvol/blockvol/hostexec"
 )
@@ -445,18 +447,13 @@ func contains(list []string, s string) bool {
 
 func countMounts(t *testing.T, target string) int {
 	t.Helper()
-	fh, err := os.Open("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fh.Close()
-	entries, err := parseMountInfo(fh)
+	entries, err := mounttable.Read("/proc/self/mountinfo")
 	if err != nil {
 		t.Fatal(err)
 	}
 	n := 0
 	for _, e := range entries {
-		if e.Target == target {
+		if e.Mountpoint == target {
 			n++
 		}
 	}

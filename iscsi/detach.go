@@ -3,6 +3,8 @@ package iscsi
 import (
 	"context"
 	"fmt"
+
+	"github.com/blockvol/blockvol/internal/mounttable"
 )
 
 // Detach releases t.LUN from this host.
@@ -50,7 +52,7 @@ func (i *Initiator) Detach(ctx context.Context, t Target) error {
 
 	keep := ""
 	if len(own)+len(others) > 0 {
-		mounts, err := readMountInfo(i.cfg.MountInfoPath)
+		mounts, err := mounttable.Read(i.cfg.MountInfoPath)
 		if err != nil {
 			// Without the mount table nothing can be said about use: do
 			// not log out blindly.

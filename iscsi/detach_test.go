@@ -233,21 +233,6 @@ func TestDetachWithoutMountTable(t *testing.T) {
 	fake.Done()
 }
 
-func TestReadMountInfo(t *testing.T) {
-	tr := newTree(t)
-	tr.write(tr.mountinfo, "36 35 98:0 /mnt1 /mnt/with\\040space rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n"+
-		"37 35 8:17 / /data rw - xfs /dev/sdb1 rw\n"+
-		"garbage line\n")
-	m, err := readMountInfo(tr.mountinfo)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []mountEntry{{"98:0", "/dev/root", "/mnt/with space"}, {"8:17", "/dev/sdb1", "/data"}}
-	if len(m) != len(want) || m[0] != want[0] || m[1] != want[1] {
-		t.Errorf("readMountInfo = %+v, want %+v", m, want)
-	}
-}
-
 // TestDetachKeepsMultipathedLUN: with the session kept, a LUN still under a
 // multipath map is not yanked from under the map.
 func TestDetachKeepsMultipathedLUN(t *testing.T) {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -17,6 +16,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/moby/sys/mountinfo"
 )
 
 // run runs a program to completion and returns its combined output; a
@@ -90,28 +91,15 @@ type mountEntry struct {
 }
 
 func mounts() ([]mountEntry, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	infos, err := mountinfo.GetMounts(nil)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	var out []mountEntry
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fl := strings.Fields(sc.Text())
-		sep := -1
-		for i, x := range fl {
-			if x == "-" {
-				sep = i
-				break
-			}
-		}
-		if sep < 0 || sep+2 >= len(fl) || len(fl) < 6 {
-			continue
-		}
-		out = append(out, mountEntry{point: fl[4], opts: fl[5], fstype: fl[sep+1], source: fl[sep+2]})
+	out := make([]mountEntry, 0, len(infos))
+	for _, m := range infos {
+		out = append(out, mountEntry{point: m.Mountpoint, opts: m.Options, fstype: m.FSType, source: m.Source})
 	}
-	return out, sc.Err()
+	return out, nil
 }
 
 // mountAt returns the mount at point, if any.
