@@ -98,3 +98,11 @@ type Backend interface {
 	// detaching a volume that is not attached here succeeds.
 	Detach(ctx context.Context, name string) error
 }
+
+// HostAttachments is implemented by backends that can tell from this host
+// alone which of their volumes are attached to it. Recovery detaches those
+// the plugin has no record of (a kill in the middle of an Attach), so
+// that what the host has, not what the records say, is reconciled.
+type HostAttachments interface {
+	AttachedHere(ctx context.Context) ([]string, error)
+}

@@ -68,11 +68,13 @@ func (d *Core) Get(ctx context.Context, name string) (_ Info, err error) {
 	c.backend = bn
 	r, mounted := d.recs.get(name)
 	if err != nil {
-		if errors.Is(err, ErrNotFound) {
+		if errors.Is(err, ErrNotFound) && !mounted {
 			return Info{}, err
 		}
 		if mounted {
-			log.Warn("backend unreachable; answering from this host's record", "err", err)
+			// An outage, or a volume gone from its backend (an image
+			// deleted by hand) while this host still has it in use.
+			log.Warn("backend cannot describe a volume in use here; answering from this host's record", "err", err)
 			return Info{Name: name, Backend: r.Backend, Local: localOf(r), Unreachable: err}, nil
 		}
 		if bn := d.knownBackend(name); bn != "" {

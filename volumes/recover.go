@@ -3,6 +3,9 @@ package volumes
 import (
 	"context"
 	"errors"
+	"fmt"
+
+	"github.com/blockvol/blockvol/backends"
 )
 
 // Recover reconciles the records left by an earlier run with what the host
@@ -13,6 +16,12 @@ import (
 //     users are stale; the volume is detached and the record dropped;
 //   - mounting (a crash in the middle of a use, whose caller got no
 //     answer and will send no release) or unmounting: torn down.
+//
+// Then the host is trusted over the records: a volume that a backend
+// reports attached to this host (backends.HostAttachments) but that has no
+// record was attached by an operation killed before its record was
+// written, or after it was dropped; it is detached, unless something is
+// mounted at its mountpoint (then it is left as it is, and logged).
 //
 // A volume whose teardown fails keeps its record and is retried at its next
 // operation; Recover reports all such failures together.
@@ -50,6 +59,44 @@ func (d *Core) Recover(ctx context.Context) error {
 			continue
 		}
 		log.Info("volume unmounted and detached")
+	}
+	errs = append(errs, d.detachUnrecorded(ctx))
+	return errors.Join(errs...)
+}
+
+// detachUnrecorded detaches the volumes attached to this host that have no
+// record; see Recover.
+func (d *Core) detachUnrecorded(ctx context.Context) error {
+	var errs []error
+	for _, bn := range d.cfg.Defaults.Backends {
+		ha, ok := d.cfg.Backends[bn].(backends.HostAttachments)
+		if !ok {
+			continue
+		}
+		names, err := ha.AttachedHere(ctx)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("backend %s: %w", bn, err))
+			continue
+		}
+		for _, name := range names {
+			if _, ok := d.recs.get(name); ok {
+				continue
+			}
+			log := d.log.With("op", "recover", "volume", name, "backend", bn)
+			dev, err := d.cfg.FS.MountedDevice(d.mountpoint(name))
+			if err != nil {
+				errs = append(errs, err)
+				continue
+			}
+			if dev != "" {
+				log.Warn("volume attached and mounted without a record; leaving it as it is", "device", dev, "mountpoint", d.mountpoint(name))
+				continue
+			}
+			log.Warn("volume attached without a record (an operation killed mid-way); detaching it")
+			if err := d.cfg.Backends[bn].Detach(ctx, name); err != nil {
+				errs = append(errs, fmt.Errorf("volume %q: detach: %w", name, err))
+			}
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -7,9 +7,9 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"syscall"
 
 	"github.com/blockvol/blockvol/backends"
+	"golang.org/x/sys/unix"
 )
 
 var _ backends.Checker = (*Backend)(nil)
@@ -35,12 +35,6 @@ type checker struct {
 	devRoot string
 }
 
-// access(2) modes: the directory must be writable and searchable.
-const (
-	accessWrite = 0x2
-	accessExec  = 0x1
-)
-
 func (c checker) Check(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -65,7 +59,7 @@ func checkDataDir(dir string) error {
 	p := dir
 	for {
 		fi, err := os.Stat(p)
-		if (errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR)) && filepath.Dir(p) != p {
+		if (errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR)) && filepath.Dir(p) != p {
 			p = filepath.Dir(p)
 			continue
 		}
@@ -77,7 +71,7 @@ func checkDataDir(dir string) error {
 		}
 		break
 	}
-	if err := syscall.Access(p, accessWrite|accessExec); err != nil {
+	if err := unix.Access(p, unix.W_OK|unix.X_OK); err != nil {
 		if p == dir {
 			return fmt.Errorf("data directory %s is not writable: %w", dir, err)
 		}

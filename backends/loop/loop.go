@@ -81,8 +81,9 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/blockvol/blockvol/backends"
 	"github.com/blockvol/blockvol/hostexec"
@@ -137,6 +138,9 @@ type record struct {
 	SizeBytes int64             `json:"size_bytes"`
 	CreatedAt time.Time         `json:"created_at"`
 	Meta      map[string]string `json:"meta"`
+
+	// damage, when set, says why the record on disk could not be used.
+	damage string
 }
 
 // New returns a Backend storing its volumes in cfg.DataDir, creating the
@@ -197,20 +201,8 @@ func (b *Backend) Scope() string { return backends.ScopeLocal }
 func (b *Backend) Create(ctx context.Context, req backends.CreateRequest) (backends.Volume, error) {
 	const op = "create"
 	name := req.Name
-	if err := checkName(name); err != nil {
+	if err := checkCreate(req); err != nil {
 		return backends.Volume{}, opErr(op, name, err)
-	}
-	switch {
-	case req.VolumeType != "":
-		return backends.Volume{}, opErrf(op, name, "the loop backend does not support option volume type (%q): %w", req.VolumeType, backends.ErrInvalid)
-	case req.IOPS != 0:
-		return backends.Volume{}, opErrf(op, name, "the loop backend does not support option IOPS (%d): %w", req.IOPS, backends.ErrInvalid)
-	case req.AvailabilityZone != "":
-		return backends.Volume{}, opErrf(op, name, "the loop backend does not support option availability zone (%q): %w", req.AvailabilityZone, backends.ErrInvalid)
-	case req.SizeBytes <= 0:
-		return backends.Volume{}, opErrf(op, name, "size %d: must be positive: %w", req.SizeBytes, backends.ErrInvalid)
-	case req.SizeBytes%sectorSize != 0:
-		return backends.Volume{}, opErrf(op, name, "size %d: must be a multiple of %d bytes: %w", req.SizeBytes, sectorSize, backends.ErrInvalid)
 	}
 	unlock, err := b.locks.Lock(ctx, name)
 	if err != nil {
@@ -218,87 +210,128 @@ func (b *Backend) Create(ctx context.Context, req backends.CreateRequest) (backe
 	}
 	defer unlock()
 	log := b.log.With(slog.String("volume", name), slog.String("op", op))
-	img, rec := b.imgPath(name), b.jsonPath(name)
-
-	jsonOK, err := isRegular(rec)
-	if err != nil {
+	if err := b.clearDebris(log, name); err != nil {
 		return backends.Volume{}, opErr(op, name, err)
 	}
-	imgOK, err := isRegular(img)
-	if err != nil {
-		return backends.Volume{}, opErr(op, name, err)
-	}
-	if jsonOK && imgOK {
-		return backends.Volume{}, opErr(op, name, backends.ErrExists)
-	}
-	if jsonOK {
-		// A record whose image is gone: never made by this code, see the
-		// package comment. The name is free; drop the stale record.
-		log.Warn("replacing a record whose image is missing", slog.String("record", rec))
-		if err := state.RemoveFile(rec); err != nil {
-			return backends.Volume{}, opErr(op, name, err)
-		}
-	}
-
-	f, err := os.OpenFile(img, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, fs.ErrExist) {
-		// An image without a record: debris of a Create or Remove that
-		// crashed. Take it over unless a loop device still uses it.
-		devs, serr := b.devicesOf(img)
-		if serr != nil {
-			return backends.Volume{}, opErr(op, name, serr)
-		}
-		if len(devs) > 0 {
-			return backends.Volume{}, opErrf(op, name, "leftover image %s without a record is still attached to %s: %w",
-				img, strings.Join(devs, ", "), backends.ErrInUse)
-		}
-		log.Warn("removing leftover image of an interrupted operation", slog.String("image", img))
-		if err := state.RemoveFile(img); err != nil {
-			return backends.Volume{}, opErr(op, name, err)
-		}
-		f, err = os.OpenFile(img, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-		if errors.Is(err, fs.ErrExist) {
-			return backends.Volume{}, opErrf(op, name, "image %s appeared concurrently: %w", img, backends.ErrExists)
-		}
-	}
-	if err != nil {
-		return backends.Volume{}, opErr(op, name, err)
-	}
-	fail := func(err error) (backends.Volume, error) {
-		if rerr := state.RemoveFile(img); rerr != nil {
-			log.Error("cannot remove image of failed create", slog.String("image", img), slog.Any("error", rerr))
+	img := b.imgPath(name)
+	if err := b.makeImage(img, req.SizeBytes); err != nil {
+		if !errors.Is(err, backends.ErrExists) { // not ours to remove then
+			if rerr := state.RemoveFile(img); rerr != nil {
+				log.Error("cannot remove image of failed create", slog.String("image", img), slog.Any("error", rerr))
+			}
 		}
 		return backends.Volume{}, opErr(op, name, err)
-	}
-	if err := f.Truncate(req.SizeBytes); err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EFBIG) || errors.Is(err, syscall.EINVAL) {
-			err = fmt.Errorf("size %d not supported by the file system of %s: %w: %w", req.SizeBytes, b.dir, err, backends.ErrInvalid)
-		}
-		return fail(err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fail(fmt.Errorf("fsync %s: %w", img, err))
-	}
-	if err := f.Close(); err != nil {
-		return fail(fmt.Errorf("close %s: %w", img, err))
-	}
-	// The image must be durable before the record that commits it.
-	if err := state.SyncDir(b.dir); err != nil {
-		return fail(err)
 	}
 	r := record{SizeBytes: req.SizeBytes, CreatedAt: time.Now().UTC(), Meta: copyMeta(req.Meta)}
-	if err := b.writeRecord(name, r); err != nil {
-		// The rename may have happened before the failure (a failed
-		// directory fsync): take the record away first, then the image.
-		if rerr := state.RemoveFile(rec); rerr != nil {
-			log.Error("cannot remove record of failed create", slog.String("record", rec), slog.Any("error", rerr))
-		}
-		return fail(err)
+	if err := b.commit(log, name, r); err != nil {
+		return backends.Volume{}, opErr(op, name, err)
 	}
 	log.Info("volume created", slog.Int64("size_bytes", r.SizeBytes), slog.String("image", img))
 	return b.volume(name, r, nil), nil
+}
+
+// checkCreate refuses, with ErrInvalid, a request the loop backend cannot
+// satisfy.
+func checkCreate(req backends.CreateRequest) error {
+	if err := checkName(req.Name); err != nil {
+		return err
+	}
+	switch {
+	case req.VolumeType != "":
+		return fmt.Errorf("the loop backend does not support option volume type (%q): %w", req.VolumeType, backends.ErrInvalid)
+	case req.IOPS != 0:
+		return fmt.Errorf("the loop backend does not support option IOPS (%d): %w", req.IOPS, backends.ErrInvalid)
+	case req.AvailabilityZone != "":
+		return fmt.Errorf("the loop backend does not support option availability zone (%q): %w", req.AvailabilityZone, backends.ErrInvalid)
+	case req.SizeBytes <= 0:
+		return fmt.Errorf("size %d: must be positive: %w", req.SizeBytes, backends.ErrInvalid)
+	case req.SizeBytes%sectorSize != 0:
+		return fmt.Errorf("size %d: must be a multiple of %d bytes: %w", req.SizeBytes, sectorSize, backends.ErrInvalid)
+	}
+	return nil
+}
+
+// clearDebris makes name free for a Create: ErrExists when the volume
+// exists (an image and a record, even a damaged one); otherwise a record
+// without image (never made by this code, see the package comment) and an
+// image without record (debris of an interrupted Create or Remove) are
+// deleted, unless a loop device still uses that image (ErrInUse: its data
+// is not pulled out from under a user).
+func (b *Backend) clearDebris(log *slog.Logger, name string) error {
+	img, rec := b.imgPath(name), b.jsonPath(name)
+	recOK, err := recordPresent(rec)
+	if err != nil {
+		return err
+	}
+	imgOK, err := isRegular(img)
+	if err != nil {
+		return err
+	}
+	switch {
+	case recOK && imgOK:
+		return backends.ErrExists
+	case recOK:
+		log.Warn("replacing a record whose image is missing", slog.String("record", rec))
+		return state.RemoveFile(rec)
+	case imgOK:
+		devs, err := b.devicesOf(img)
+		if err != nil {
+			return err
+		}
+		if len(devs) > 0 {
+			return fmt.Errorf("leftover image %s without a record is still attached to %s: %w",
+				img, strings.Join(devs, ", "), backends.ErrInUse)
+		}
+		log.Warn("removing leftover image of an interrupted operation", slog.String("image", img))
+		return state.RemoveFile(img)
+	}
+	return nil
+}
+
+// makeImage creates img (O_EXCL: two creators never share one) as a
+// sparse file of size bytes, durable with its directory entry. An image
+// that appeared since clearDebris yields ErrExists. On any other error the
+// caller removes img.
+func (b *Backend) makeImage(img string, size int64) error {
+	f, err := os.OpenFile(img, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("image %s appeared concurrently: %w", img, backends.ErrExists)
+	}
+	if err != nil {
+		return err
+	}
+	if err := f.Truncate(size); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EFBIG) || errors.Is(err, unix.EINVAL) {
+			err = fmt.Errorf("size %d not supported by the file system of %s: %w: %w", size, b.dir, err, backends.ErrInvalid)
+		}
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("fsync %s: %w", img, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close %s: %w", img, err)
+	}
+	// The image must be durable before the record that commits it.
+	return state.SyncDir(b.dir)
+}
+
+// commit writes the record that makes name's image a volume. On failure
+// both files are removed, the record first (the rename may have happened
+// before a failed directory fsync).
+func (b *Backend) commit(log *slog.Logger, name string, r record) error {
+	err := b.writeRecord(name, r)
+	if err == nil {
+		return nil
+	}
+	for _, p := range []string{b.jsonPath(name), b.imgPath(name)} {
+		if rerr := state.RemoveFile(p); rerr != nil {
+			log.Error("cannot remove file of failed create", slog.String("file", p), slog.Any("error", rerr))
+		}
+	}
+	return err
 }
 
 // Get implements backends.Backend.
@@ -323,8 +356,8 @@ func (b *Backend) Get(ctx context.Context, name string) (backends.Volume, error)
 
 // List implements backends.Backend. It reads the data directory and sysfs
 // once each, then each volume's record; it runs no program. Volumes come
-// sorted by name. A record that cannot be read or parsed is logged and
-// left out rather than hiding every other volume.
+// sorted by name. A volume whose record cannot be read or parsed is listed
+// as Get describes it: with its image's size and the damage in Status.
 func (b *Backend) List(ctx context.Context) ([]backends.Volume, error) {
 	const op = "list"
 	d, err := os.Open(b.dir)
@@ -356,11 +389,13 @@ func (b *Backend) List(ctx context.Context) ([]backends.Volume, error) {
 					return
 				}
 				r, err := b.readRecordAt(dirfd, names[i])
-				if err != nil {
-					b.log.Error("skipping unreadable volume record", slog.String("volume", names[i]), slog.String("op", op), slog.Any("error", err))
-					continue
-				}
 				img := b.imgPath(names[i])
+				if err != nil {
+					if r, err = b.damaged(names[i], err); err != nil {
+						b.log.Error("skipping volume whose files cannot be read", slog.String("volume", names[i]), slog.String("op", op), slog.Any("error", err))
+						continue
+					}
+				}
 				vols[i], found[i] = b.volume(names[i], r, devs[img]), true
 			}
 		})
@@ -391,13 +426,10 @@ func (b *Backend) listNames(d *os.File) ([]string, error) {
 	var records []string
 	for _, e := range entries {
 		n := e.Name()
-		if !e.Type().IsRegular() {
-			continue
-		}
 		switch {
-		case strings.HasSuffix(n, imgSuffix):
+		case strings.HasSuffix(n, imgSuffix) && e.Type().IsRegular():
 			images[strings.TrimSuffix(n, imgSuffix)] = true
-		case strings.HasSuffix(n, jsonSuffix):
+		case strings.HasSuffix(n, jsonSuffix) && (e.Type().IsRegular() || e.Type()&fs.ModeSymlink != 0):
 			records = append(records, strings.TrimSuffix(n, jsonSuffix))
 		}
 	}
@@ -455,16 +487,19 @@ func (b *Backend) Remove(ctx context.Context, name string) error {
 	}
 	defer unlock()
 	log := b.log.With(slog.String("volume", name), slog.String("op", op))
-	// Existence only: a record too damaged to parse can still be removed.
+	// Existence only: a record too damaged to parse, or a symlink in its
+	// place, can still be removed (the link, never what it points to).
 	img := b.imgPath(name)
-	for _, p := range []string{b.jsonPath(name), img} {
-		ok, err := isRegular(p)
-		if err != nil {
-			return opErr(op, name, err)
-		}
-		if !ok {
-			return opErr(op, name, backends.ErrNotFound)
-		}
+	recOK, err := recordPresent(b.jsonPath(name))
+	if err != nil {
+		return opErr(op, name, err)
+	}
+	imgOK, err := isRegular(img)
+	if err != nil {
+		return opErr(op, name, err)
+	}
+	if !recOK || !imgOK {
+		return opErr(op, name, backends.ErrNotFound)
 	}
 	devs, err := b.waitDetached(ctx, img)
 	if err != nil {
@@ -522,7 +557,7 @@ func (b *Backend) Attach(ctx context.Context, name string, _ backends.AttachOpti
 		}
 		// Not marked for removal, and still ours after that read: a device
 		// freed between the scan and now is not handed out.
-		if still, err := b.backedBy(dev, img); err != nil || !still {
+		if still, err := b.backedBy(dev, img, false); err != nil || !still {
 			continue
 		}
 		log.Debug("already attached", slog.String("device", dev))
@@ -546,7 +581,7 @@ func (b *Backend) Attach(ctx context.Context, name string, _ backends.AttachOpti
 }
 
 // Detach implements backends.Backend: every loop device backed by the
-// image is detached with `losetup --detach`. None is success. The kernel
+// image, or by a deleted image of that path, is detached with `losetup --detach`. None is success. The kernel
 // may finish the detach later, once the device's last user closes it.
 func (b *Backend) Detach(ctx context.Context, name string) error {
 	const op = "detach"
@@ -560,7 +595,9 @@ func (b *Backend) Detach(ctx context.Context, name string) error {
 	defer unlock()
 	log := b.log.With(slog.String("volume", name), slog.String("op", op))
 	img := b.imgPath(name)
-	devs, err := b.devicesOf(img)
+	// Devices of a deleted image too: an image removed by hand while
+	// mounted is still attached, and Unmount must let go of it.
+	devs, err := b.devicesOfAny(img)
 	if err != nil {
 		return opErr(op, name, err)
 	}
@@ -568,7 +605,7 @@ func (b *Backend) Detach(ctx context.Context, name string) error {
 	for _, dev := range devs {
 		if _, err := b.run.Run(ctx, "losetup", "--detach", dev); err != nil {
 			// Gone (or reused) meanwhile? Then it is not ours to detach.
-			if still, serr := b.backedBy(dev, img); serr == nil && !still {
+			if still, serr := b.backedBy(dev, img, true); serr == nil && !still {
 				log.Debug("device went away during detach", slog.String("device", dev))
 				continue
 			}
@@ -584,24 +621,43 @@ func (b *Backend) Detach(ctx context.Context, name string) error {
 }
 
 // load returns the record of an existing volume: one with both a record
-// and an image. Otherwise it wraps ErrNotFound.
+// and an image. Otherwise it wraps ErrNotFound. A record that cannot be
+// read or parsed (or is a symlink) does not make the volume unusable: see
+// damaged.
 func (b *Backend) load(name string) (record, error) {
 	r, err := b.readRecord(name)
 	if errors.Is(err, fs.ErrNotExist) {
 		return record{}, backends.ErrNotFound
 	}
-	if err != nil {
-		return record{}, err
-	}
-	ok, err := isRegular(b.imgPath(name))
-	if err != nil {
-		return record{}, err
+	ok, ierr := isRegular(b.imgPath(name))
+	if ierr != nil {
+		return record{}, ierr
 	}
 	if !ok {
 		b.log.Warn("hiding volume whose image is missing", slog.String("volume", name))
 		return record{}, fmt.Errorf("image %s missing: %w", b.imgPath(name), backends.ErrNotFound)
 	}
+	if err != nil {
+		return b.damaged(name, err)
+	}
 	return r, nil
+}
+
+// damaged stands in for the record of name that could not be read (why):
+// the size and creation time are the image's, the options are lost (the
+// plugin's defaults apply), and the volume's Status says so. Get, Mount,
+// Remove and SetMeta (which writes a sound record again) all work on it.
+func (b *Backend) damaged(name string, why error) (record, error) {
+	fi, err := os.Lstat(b.imgPath(name))
+	if err != nil {
+		return record{}, err
+	}
+	b.log.Warn("volume record is damaged; using the image's size", slog.String("volume", name), slog.Any("error", why))
+	return record{
+		SizeBytes: fi.Size(),
+		CreatedAt: fi.ModTime().UTC(),
+		damage:    fmt.Sprintf("record %s is damaged (%v): size and creation time are the image's, options are lost", b.jsonPath(name), why),
+	}, nil
 }
 
 func (b *Backend) readRecord(name string) (record, error) {
@@ -644,6 +700,9 @@ func (b *Backend) volume(name string, r record, devs []string) backends.Volume {
 	}
 	if len(devs) > 0 {
 		status["device"] = devs[0]
+	}
+	if r.damage != "" {
+		status["damage"] = r.damage
 	}
 	return backends.Volume{
 		Name:      name,
@@ -731,8 +790,7 @@ func (b *Backend) sweep() {
 				}
 			}
 			img := filepath.Join(b.dir, n)
-			if devs := loops[img]; len(devs) > 0 {
-				log.Warn("leftover image without record is attached; leaving it", slog.String("volume", name), slog.String("image", img), slog.String("device", devs[0]))
+			if devs := loops[img]; len(devs) > 0 && !b.detachDebris(log, name, img, devs) {
 				continue
 			}
 			log.Warn("removing leftover image of an interrupted operation", slog.String("volume", name), slog.String("image", img))
@@ -744,6 +802,39 @@ func (b *Backend) sweep() {
 	if err := state.SyncDir(b.dir); err != nil {
 		log.Warn("cannot fsync data directory", slog.Any("error", err))
 	}
+}
+
+// detachDebris detaches the loop devices of img, an image without record
+// (a losetup that finished after its plugin was killed, say: no volume
+// was ever handed out on them), and reports whether none is left.
+func (b *Backend) detachDebris(log *slog.Logger, name, img string, devs []string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, dev := range devs {
+		log.Warn("detaching a loop device of a leftover image without record", slog.String("volume", name), slog.String("device", dev))
+		if _, err := b.run.Run(ctx, "losetup", "--detach", dev); err != nil {
+			log.Warn("cannot detach loop device", slog.String("device", dev), slog.Any("error", err))
+		}
+	}
+	left, err := b.devicesOf(img)
+	if err != nil || len(left) > 0 {
+		log.Warn("leftover image without record is still attached; leaving it", slog.String("volume", name), slog.String("image", img), slog.Any("devices", left))
+		return false
+	}
+	return true
+}
+
+// AttachedHere implements backends.HostAttachments: the volumes whose
+// image, current or deleted, backs a loop device on this host.
+func (b *Backend) AttachedHere(ctx context.Context) ([]string, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	names, err := b.attachedNames()
+	if err != nil {
+		return nil, fmt.Errorf("loop: %w", err)
+	}
+	return names, nil
 }
 
 // isTempName reports whether n is a temporary file of state.WriteFileAtomic
@@ -780,6 +871,22 @@ func (b *Backend) jsonPath(name string) string {
 
 // checkName: see backends.CheckName.
 func checkName(name string) error { return backends.CheckName(name, maxNameLen) }
+
+// recordPresent reports whether a record exists at path: a regular file, or
+// a symlink in its place (a damaged record, never followed).
+func recordPresent(path string) (bool, error) {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if !fi.Mode().IsRegular() && fi.Mode()&fs.ModeSymlink == 0 {
+		return false, fmt.Errorf("%s is not a regular file", path)
+	}
+	return true, nil
+}
 
 func isRegular(path string) (bool, error) {
 	fi, err := os.Lstat(path)

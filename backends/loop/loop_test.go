@@ -614,9 +614,18 @@ func TestNewSweepsDebris(t *testing.T) {
 	}
 	write("orphan.img")
 	write("busy.img")
+	write("stuck.img")
 	write(".keep.json.tmp-12345")
 	write("unrelated.txt")
+	// A device left by a losetup that finished after its plugin was
+	// killed: no volume was handed out on it; detached, image removed.
 	e.bind(3, e.img("busy"))
+	// One that cannot be detached keeps its image.
+	e.bind(4, e.img("stuck"))
+	e.fake.Expect(
+		hostexec.Call{Argv: []string{"losetup", "--detach", "/dev/loop3"}, Do: func() { e.unbind(3) }},
+		hostexec.Call{Argv: []string{"losetup", "--detach", "/dev/loop4"}, Code: 1, Stderr: "losetup: /dev/loop4: detach failed: Device or resource busy"},
+	)
 
 	e.b = e.open()
 
@@ -624,7 +633,8 @@ func TestNewSweepsDebris(t *testing.T) {
 		"keep.img": true, "keep.json": true,
 		".hidden.img": true, ".hidden.json": true,
 		"orphan.img":           false,
-		"busy.img":             true, // attached: left alone
+		"busy.img":             false,
+		"stuck.img":            true, // still attached: left alone
 		".keep.json.tmp-12345": false,
 		"unrelated.txt":        true,
 	} {
@@ -661,26 +671,131 @@ func TestListSortedWithDevices(t *testing.T) {
 	}
 }
 
-func TestListSkipsCorruptRecord(t *testing.T) {
+// A damaged record, or a symlink in its place, never blocks the volume:
+// it is listed and described (with the damage), Create of the name says it
+// exists, Remove removes it (never what a symlink points to), SetMeta
+// writes a sound record again.
+func TestDamagedRecordDoesNotBlockTheVolume(t *testing.T) {
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name   string
+		damage func(e *env, rec string)
+	}{
+		{"empty", func(e *env, rec string) { writeFile(t, rec, "") }},
+		{"truncated", func(e *env, rec string) { writeFile(t, rec, `{"size_bytes":40`) }},
+		{"random bytes", func(e *env, rec string) { writeFile(t, rec, "\x93\x00\xffgarbage\x01") }},
+		{"zero size", func(e *env, rec string) { writeFile(t, rec, `{"size_bytes":0}`) }},
+		{"symlink to a record", func(e *env, rec string) {
+			target := filepath.Join(e.root, "elsewhere.json")
+			writeFile(t, target, `{"size_bytes":4096,"created_at":"2020-01-01T00:00:00Z"}`)
+			mustRemove(t, rec)
+			if err := os.Symlink(target, rec); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"dangling symlink", func(e *env, rec string) {
+			mustRemove(t, rec)
+			if err := os.Symlink(filepath.Join(e.root, "nowhere"), rec); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.create("good", 4096, nil)
+			e.create("bad", 8192, map[string]string{"k": "v"})
+			tc.damage(e, e.json("bad"))
+
+			list, err := e.b.List(ctx)
+			if err != nil || len(list) != 2 || list[0].Name != "bad" || list[1].Name != "good" {
+				t.Fatalf("List = %v, %v; want bad and good", list, err)
+			}
+			if list[0].Status["damage"] == nil || list[0].SizeBytes != 8192 {
+				t.Errorf("List: bad = %+v, want size 8192 and the damage in Status", list[0])
+			}
+			v, err := e.b.Get(ctx, "bad")
+			if err != nil || v.SizeBytes != 8192 {
+				t.Fatalf("Get = %+v, %v; want the volume with its image's size", v, err)
+			}
+			if d, _ := v.Status["damage"].(string); !strings.Contains(d, e.json("bad")) {
+				t.Errorf("Get Status %v: want the damage naming the record", v.Status)
+			}
+			_, err = e.b.Create(ctx, backends.CreateRequest{Name: "bad", SizeBytes: 4096})
+			if !errors.Is(err, backends.ErrExists) {
+				t.Errorf("Create of the name: %v, want ErrExists", err)
+			}
+			if err := e.b.Remove(ctx, "bad"); err != nil {
+				t.Fatalf("Remove: %v", err)
+			}
+			if exists(t, e.img("bad")) || exists(t, e.json("bad")) {
+				t.Error("files left after Remove")
+			}
+			if target := filepath.Join(e.root, "elsewhere.json"); tc.name == "symlink to a record" && !exists(t, target) {
+				t.Error("Remove deleted the symlink's target")
+			}
+			e.create("bad", 4096, nil)
+		})
+	}
+}
+
+func TestSetMetaRepairsADamagedRecord(t *testing.T) {
 	e := newEnv(t)
-	e.create("good", 4096, nil)
-	e.create("bad", 4096, nil)
-	if err := os.WriteFile(e.json("bad"), []byte("{not json"), 0o600); err != nil {
+	ctx := context.Background()
+	e.create("v", 8192, nil)
+	writeFile(t, e.json("v"), "")
+	if err := e.b.SetMeta(ctx, "v", map[string]string{"k": "v"}); err != nil {
 		t.Fatal(err)
 	}
-	list, err := e.b.List(context.Background())
-	if err != nil || len(list) != 1 || list[0].Name != "good" {
-		t.Errorf("List = %v, %v; want just good", list, err)
+	v, err := e.b.Get(ctx, "v")
+	if err != nil || v.Status["damage"] != nil || v.SizeBytes != 8192 || v.Meta["k"] != "v" {
+		t.Errorf("Get after SetMeta = %+v, %v; want a sound record", v, err)
 	}
-	_, err = e.b.Get(context.Background(), "bad")
-	if err == nil || errors.Is(err, backends.ErrNotFound) {
-		t.Errorf("Get of a corrupt record: %v; want an error other than ErrNotFound", err)
+}
+
+func writeFile(t *testing.T, path, data string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(data), 0o600); err != nil {
+		t.Fatal(err)
 	}
-	if err := e.b.Remove(context.Background(), "bad"); err != nil {
-		t.Errorf("Remove of a corrupt record: %v", err)
+}
+
+func mustRemove(t *testing.T, path string) {
+	t.Helper()
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
 	}
-	if exists(t, e.img("bad")) || exists(t, e.json("bad")) {
-		t.Error("files left after Remove")
+}
+
+// An image deleted while attached is still let go by Detach (Unmount
+// must detach what Mount attached); a device of another deleted file is
+// not touched.
+func TestDetachImageDeletedWhileAttached(t *testing.T) {
+	e := newEnv(t)
+	e.create("v", 4096, nil)
+	e.bind(5, e.img("v")+" (deleted)")
+	e.bind(6, e.img("w")+" (deleted)")
+	mustRemove(t, e.img("v"))
+	e.fake.Expect(hostexec.Call{Argv: []string{"losetup", "--detach", "/dev/loop5"}, Do: func() { e.unbind(5) }})
+	if err := e.b.Detach(context.Background(), "v"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// AttachedHere names every volume whose image, current or deleted, backs
+// a loop device, and nothing outside the data directory.
+func TestAttachedHere(t *testing.T) {
+	e := newEnv(t)
+	e.create("a", 4096, nil)
+	e.bind(1, e.img("a"))
+	e.bind(2, e.img("a"))
+	e.bind(3, e.img("gone")+" (deleted)")
+	e.bind(4, e.img("norecord"))
+	e.bind(5, filepath.Join(e.root, "outside.img"))
+	e.bind(6, filepath.Join(e.data, "notes.txt"))
+	e.bind(7, filepath.Join(e.data, "sub", "x.img"))
+	got, err := e.b.AttachedHere(context.Background())
+	if want := []string{"a", "gone", "norecord"}; err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("AttachedHere = %v, %v; want %v", got, err, want)
 	}
 }
 

@@ -6,10 +6,12 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
-	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // deletedSuffix is what the kernel appends to a loop device's backing_file
@@ -19,8 +21,9 @@ const deletedSuffix = " (deleted)"
 
 // scanLoops reads <sys>/block/loop*/loop/backing_file once and maps each
 // backing file path to the loop devices (<dev>/loopN, by increasing N) it
-// backs. Unbound loop devices, and devices whose file was deleted, are left
-// out.
+// backs. Unbound loop devices are left out; a device whose file was deleted
+// is listed under "<path> (deleted)", as the kernel reports it, so it never
+// counts as backed by a current file of that name.
 func (b *Backend) scanLoops() (map[string][]string, error) {
 	blockDir := filepath.Join(b.sys, "block")
 	entries, err := os.ReadDir(blockDir)
@@ -66,32 +69,60 @@ func (b *Backend) devicesOf(img string) ([]string, error) {
 	return m[img], nil
 }
 
+// devicesOfAny returns the loop devices backed by img or by an image of
+// that path deleted since it was attached: what Detach must let go.
+func (b *Backend) devicesOfAny(img string) ([]string, error) {
+	m, err := b.scanLoops()
+	if err != nil {
+		return nil, err
+	}
+	return append(m[img], m[img+deletedSuffix]...), nil
+}
+
+// attachedNames returns the names of the volumes whose image, current or
+// deleted, backs a loop device: every file of the data directory a loop
+// device holds.
+func (b *Backend) attachedNames() ([]string, error) {
+	m, err := b.scanLoops()
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for file := range m {
+		file = strings.TrimSuffix(file, deletedSuffix)
+		base, ok := strings.CutPrefix(file, b.dir+string(filepath.Separator))
+		name, isImg := strings.CutSuffix(base, imgSuffix)
+		if ok && isImg && checkName(name) == nil && !slices.Contains(names, name) {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
 // backedBy reports whether loop device dev (<dev>/loopN) is currently
-// backed by img.
-func (b *Backend) backedBy(dev, img string) (bool, error) {
+// backed by img (deleted or not, when anyDeleted is true).
+func (b *Backend) backedBy(dev, img string, anyDeleted bool) (bool, error) {
 	file, ok, err := readBackingFile(filepath.Join(b.sys, "block", filepath.Base(dev)))
 	if err != nil || !ok {
 		return false, err
 	}
-	return file == img, nil
+	return file == img || anyDeleted && file == img+deletedSuffix, nil
 }
 
-// readBackingFile reads <devDir>/loop/backing_file. ok is false when the
-// device is not bound (no loop directory, or it vanished while being read)
-// or its backing file was deleted.
+// readBackingFile reads <devDir>/loop/backing_file, with the kernel's
+// " (deleted)" suffix if any. ok is false when the device is not bound (no
+// loop directory, or it vanished while being read).
 func readBackingFile(devDir string) (file string, ok bool, err error) {
 	data, err := os.ReadFile(filepath.Join(devDir, "loop", "backing_file"))
-	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENXIO) || errors.Is(err, syscall.ENODEV) {
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENXIO) || errors.Is(err, unix.ENODEV) {
 		return "", false, nil
 	}
 	if err != nil {
 		return "", false, fmt.Errorf("read loop device: %w", err)
 	}
 	file = strings.TrimSuffix(string(data), "\n")
-	if file == "" || strings.HasSuffix(file, deletedSuffix) {
-		return "", false, nil
-	}
-	return file, true, nil
+	return file, file != "", nil
 }
 
 // loopNumber parses "loopN" (not partitions like "loop0p1").
@@ -113,7 +144,7 @@ func loopNumber(name string) (int, bool) {
 const maxRecordSize = 16 << 20
 
 // atFDCWD makes readSmallFile resolve a path as open(2) would.
-const atFDCWD = -100 // AT_FDCWD
+const atFDCWD = unix.AT_FDCWD
 
 // readSmallFile is os.ReadFile for the many small records List reads, path
 // being relative to directory dirfd (or atFDCWD): it makes three system
@@ -124,15 +155,15 @@ func readSmallFile(dirfd int, path string) ([]byte, error) {
 	var fd int
 	var err error
 	for {
-		fd, err = syscall.Openat(dirfd, path, syscall.O_RDONLY|syscall.O_CLOEXEC|syscall.O_NOFOLLOW, 0)
-		if err != syscall.EINTR {
+		fd, err = unix.Openat(dirfd, path, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+		if err != unix.EINTR {
 			break
 		}
 	}
 	if err != nil {
 		return nil, &fs.PathError{Op: "open", Path: path, Err: err}
 	}
-	defer syscall.Close(fd)
+	defer unix.Close(fd)
 	buf := make([]byte, 0, 1024)
 	for {
 		if len(buf) == cap(buf) {
@@ -141,8 +172,8 @@ func readSmallFile(dirfd int, path string) ([]byte, error) {
 			}
 			buf = append(buf, 0)[:len(buf)]
 		}
-		n, err := syscall.Read(fd, buf[len(buf):cap(buf)])
-		if err == syscall.EINTR {
+		n, err := unix.Read(fd, buf[len(buf):cap(buf)])
+		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
