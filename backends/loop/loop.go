@@ -22,8 +22,9 @@
 //     leaves an image without JSON: invisible, and the next Create of that
 //     name deletes it and proceeds (unless a loop device still uses it, in
 //     which case Create fails with ErrInUse rather than pull the data out
-//     from under a user). New also sweeps such orphan images, and the
-//     temporary files of interrupted atomic writes, when it starts.
+//     from under a user). New also sweeps such orphan images (detaching
+//     their loop devices first: no volume was ever handed out on them),
+//     and the temporary files of interrupted atomic writes, when it starts.
 //   - Remove deletes the JSON first (the volume is gone at that instant) and
 //     the image second. A crash in between leaves an orphan image, handled
 //     as above.
@@ -34,6 +35,10 @@
 //     replaces the stale record.
 //   - SetMeta rewrites the JSON atomically, so a reader sees the old or the
 //     new record, never a torn one.
+//   - A record that is damaged anyway (emptied, garbled, a symlink in its
+//     place: never followed) does not block its volume: Get and List show
+//     it with the image's size and the damage in Status, Create of the name
+//     says it exists, Remove removes it and SetMeta writes a sound record.
 //
 // These guarantees assume one process (one plugin) owns DataDir. Within
 // that process, operations on one name are serialized by a per-name lock in
@@ -58,7 +63,8 @@
 // Remove reads <SysRoot>/block/loop*/loop/backing_file afresh (once per
 // call, however many volumes) to learn which loop devices are backed by
 // which image. A device whose backing file reads "<path> (deleted)" does not
-// count as backed by the current image.
+// count as backed by the current image, but Detach lets go of it too (an
+// image deleted by hand while mounted), and AttachedHere names it.
 //
 // Detach only asks the kernel to let go: a device someone still holds open
 // (a mount that was not undone yet, udev probing it) is marked autoclear
