@@ -19,6 +19,15 @@
 # role member), cinder/cinderpass (project service, roles admin+service);
 # Keystone http://127.0.0.1:5000/v3; volume types "file" and "fast".
 set -u
+# One caller at a time: two inits at once race inside `cinder-manage db sync`
+# ("Table 'services' already exists"), and a stop during a start leaves
+# orphans. flock(1) holds the lock until this script exits; the daemons do
+# not inherit it (every descriptor above stderr is closed below).
+if [ "${1:-setup}" != status ] && [ -z "${BLOCKVOL_OSCLOUD_LOCKED:-}" ]; then
+  export BLOCKVOL_OSCLOUD_LOCKED=1
+  mkdir -p /run/lock
+  exec flock -w 900 /run/lock/blockvol-openstack.lock bash "$0" "$@"
+fi
 # Daemons must not inherit our caller's pipes (a CI step or `go test` would
 # otherwise wait for them): close every inherited descriptor above stderr.
 for fd in $(ls /proc/$$/fd); do [ "$fd" -gt 2 ] && eval "exec $fd>&-" 2>/dev/null; done
@@ -137,7 +146,11 @@ do_init() {
     $KM bootstrap --bootstrap-password secret --bootstrap-username admin --bootstrap-project-name admin --bootstrap-role-name admin \
       --bootstrap-service-name keystone --bootstrap-region-id RegionOne --bootstrap-admin-url http://127.0.0.1:5000/v3/ \
       --bootstrap-public-url http://127.0.0.1:5000/v3/ --bootstrap-internal-url http://127.0.0.1:5000/v3/; } >$B/keystone/bootstrap.out 2>&1 || fail "keystone bootstrap failed"
-  cinder-manage --config-file $C db sync >$B/cinder/dbsync.out 2>&1 || fail "cinder db sync failed"
+  # A sync interrupted earlier leaves tables without alembic's record of
+  # them: start that schema again from an empty database, once.
+  cinder-manage --config-file $C db sync >$B/cinder/dbsync.out 2>&1 ||
+    { $MY -e "DROP DATABASE IF EXISTS cinder; CREATE DATABASE cinder;" &&
+      cinder-manage --config-file $C db sync >>$B/cinder/dbsync.out 2>&1; } || fail "cinder db sync failed"
   start_keystone; waitcmd 60 http_ok http://127.0.0.1:5000/v3/ || fail "keystone failed"
   $PY $HERE/keystone_setup.py || fail "keystone setup failed"
   waitcmd 60 rabbit_ready || fail "rabbitmq failed"
