@@ -4,7 +4,7 @@ PREFIX  ?= /usr/local
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: build install test unit bench fuzz vet clean e2e-vm
+.PHONY: build install test setup unit bench fuzz vet clean e2e-vm
 
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/blockvol ./cmd/blockvol
@@ -16,9 +16,10 @@ install: build
 	install -d -m 0755 $(DESTDIR)/etc/blockvol
 	[ -e $(DESTDIR)/etc/blockvol/config.toml ] || install -m 0600 config.example.toml $(DESTDIR)/etc/blockvol/config.toml
 
-# The whole suite. As root with the tools of .ci/run installed, nothing is
-# skipped: real loop devices, mkfs, mounts and a private dockerd.
-test: vet
+# The whole suite. As root it first installs what is missing (test/setup.sh:
+# Debian packages, the VM kernel, the OpenStack services), so nothing is
+# skipped: real loop devices, mkfs, mounts, a private dockerd, qemu guests.
+test: setup vet
 	$(GO) test -count=1 -timeout 30m ./...
 
 # The real-kernel tests alone: a qemu VM (software emulation, no network
@@ -27,6 +28,11 @@ test: vet
 # qemu and fetches the kernel.
 e2e-vm:
 	$(GO) test -count=1 -v -timeout 15m -run 'TestVM' ./test/vm/
+
+# Idempotent and quick when everything is there; as non-root it only says
+# that `sudo make test` installs the tools.
+setup:
+	test/setup.sh
 
 # Only what needs neither root nor external tools.
 unit:

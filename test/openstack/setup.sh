@@ -5,7 +5,7 @@
 # Not part of the product; used by the tests of backends/cinder.
 #
 # Usage: setup.sh [setup|install|init|start|stop|status]
-#   setup   (default; what .ci/run calls) install the packages if missing,
+#   setup   (default; what test/setup.sh calls) install the packages if missing,
 #           initialise once (databases, Keystone bootstrap and catalog, Cinder
 #           schema and volume types; this starts the services), then stop
 #           them again: the tests start and stop them (TestMain).

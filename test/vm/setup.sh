@@ -9,8 +9,7 @@
 #   $BLOCKVOL_VM_CACHE/kernel/current -> <package>_<version>
 #
 # A kernel already extracted for the current package version is reused.
-# Runs as root on Debian 12 (apt). Idempotent; .ci/run calls it before
-# `make test`.
+# Runs as root on Debian 12 (apt). Idempotent; test/setup.sh (run by `make test`) calls it.
 set -eu
 
 CACHE=${BLOCKVOL_VM_CACHE:-/var/tmp/blockvol-vm}
