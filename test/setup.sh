@@ -42,6 +42,4 @@ if [ -n "$missing" ]; then
 fi
 
 test/vm/setup.sh
-# Under the lock the cinder tests take: two setups at once would stop
-# each other's half-initialised stack.
-flock /tmp/bv-cinder.lock test/openstack/setup.sh setup
+test/openstack/setup.sh setup
