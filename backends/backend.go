@@ -13,26 +13,16 @@ package backends
 
 import (
 	"context"
-	"errors"
 	"time"
 )
 
-// Sentinel errors. Backends wrap them (fmt.Errorf("...: %w", ErrNotFound))
-// so that the plugin can classify failures with errors.Is.
-var (
-	// ErrNotFound: the backend is reachable and has no such volume. Never
-	// return it for an outage: Docker forgets volumes whose Get fails with
-	// "not found".
-	ErrNotFound = errors.New("volume not found")
-	// ErrExists: Create of a name the backend already has.
-	ErrExists = errors.New("volume already exists")
-	// ErrInUse: the volume is attached (here or elsewhere) and cannot be
-	// removed or attached.
-	ErrInUse = errors.New("volume in use")
-	// ErrInvalid: a request the backend cannot satisfy as given (a size it
-	// does not support, an unknown volume type).
-	ErrInvalid = errors.New("invalid request")
-)
+// Backends wrap the sentinels of internal/sentinel (fmt.Errorf("...: %w",
+// sentinel.ErrNotFound)) so that the plugin can classify failures with
+// errors.Is: ErrNotFound only when the backend is reachable and has no such
+// volume (never for an outage: Docker forgets volumes whose Get fails with
+// "not found"); ErrExists for a Create of a name it already has; ErrInUse
+// for a volume attached here or elsewhere that cannot be removed or
+// attached; ErrInvalid for a request it cannot satisfy as given.
 
 // Scope values, as Docker's Capabilities call reports them.
 const (
@@ -77,21 +67,21 @@ type AttachOptions struct {
 type Backend interface {
 	// Scope is ScopeLocal or ScopeGlobal.
 	Scope() string
-	// Create makes a volume. A name that exists already yields ErrExists.
+	// Create makes a volume. A name that exists already yields sentinel.ErrExists.
 	Create(ctx context.Context, req CreateRequest) (Volume, error)
-	// Get returns one volume, or ErrNotFound.
+	// Get returns one volume, or sentinel.ErrNotFound.
 	Get(ctx context.Context, name string) (Volume, error)
 	// List returns every volume of this backend.
 	List(ctx context.Context) ([]Volume, error)
 	// SetMeta replaces the Meta stored with a volume.
 	SetMeta(ctx context.Context, name string, meta map[string]string) error
 	// Remove deletes a volume and its data. A volume still attached yields
-	// ErrInUse; a missing one yields ErrNotFound.
+	// sentinel.ErrInUse; a missing one yields sentinel.ErrNotFound.
 	Remove(ctx context.Context, name string) error
 	// Attach makes the volume available on this host and returns the path
 	// of its block device. It is idempotent: attaching an attached volume
 	// returns its current device, looked up afresh. A volume attached to
-	// another host yields ErrInUse naming that host, unless opts.Preempt:
+	// another host yields sentinel.ErrInUse naming that host, unless opts.Preempt:
 	// then the other host is fenced off first.
 	Attach(ctx context.Context, name string, opts AttachOptions) (device string, err error)
 	// Detach releases the volume from this host. It is idempotent:

@@ -1,6 +1,10 @@
 package backends
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/blockvol/blockvol/internal/sentinel"
+)
 
 // CheckName is a backend's own defence of its directories: the plugin
 // validates names first, but a name must never reach a path outside the
@@ -9,15 +13,15 @@ import "fmt"
 func CheckName(name string, maxLen int) error {
 	switch {
 	case name == "":
-		return fmt.Errorf("empty volume name: %w", ErrInvalid)
+		return fmt.Errorf("empty volume name: %w", sentinel.ErrInvalid)
 	case name == "." || name == "..":
-		return fmt.Errorf("volume name %q not allowed: %w", name, ErrInvalid)
+		return fmt.Errorf("volume name %q not allowed: %w", name, sentinel.ErrInvalid)
 	case len(name) > maxLen:
-		return fmt.Errorf("volume name longer than %d bytes: %w", maxLen, ErrInvalid)
+		return fmt.Errorf("volume name longer than %d bytes: %w", maxLen, sentinel.ErrInvalid)
 	}
 	for _, c := range []byte(name) {
 		if c == '/' || c < 0x20 || c == 0x7f {
-			return fmt.Errorf("volume name %q: contains '/' or a control character: %w", name, ErrInvalid)
+			return fmt.Errorf("volume name %q: contains '/' or a control character: %w", name, sentinel.ErrInvalid)
 		}
 	}
 	return nil

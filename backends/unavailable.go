@@ -9,7 +9,7 @@ import (
 // stand-in for a backend that could not be built at start (a missing SSH
 // key, say). The plugin keeps serving its socket, so Docker does not
 // disable it, and every call on that backend says why it cannot work.
-// Its errors are never ErrNotFound: Docker forgets volumes whose Get says
+// Its errors are never sentinel.ErrNotFound: Docker forgets volumes whose Get says
 // "not found".
 func Unavailable(name, scope string, err error) Backend {
 	return &unavailable{scope: scope, err: fmt.Errorf("backend %s is unavailable: %w", name, err)}

@@ -3,6 +3,8 @@ package backends
 import (
 	"errors"
 	"testing"
+
+	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
 func TestUnavailableSaysWhyAndIsNeverNotFound(t *testing.T) {
@@ -12,7 +14,7 @@ func TestUnavailableSaysWhyAndIsNeverNotFound(t *testing.T) {
 		t.Fatalf("scope %q", b.Scope())
 	}
 	_, err := b.Get(t.Context(), "v")
-	if !errors.Is(err, cause) || errors.Is(err, ErrNotFound) {
+	if !errors.Is(err, cause) || errors.Is(err, sentinel.ErrNotFound) {
 		t.Fatalf("Get = %v; want the cause, never not-found", err)
 	}
 	want := "backend target is unavailable: read ssh key /etc/blockvol/id_ed25519: no such file or directory"

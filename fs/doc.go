@@ -20,13 +20,12 @@ import (
 	"github.com/blockvol/blockvol/hostexec"
 )
 
-// Sentinel errors; test with errors.Is.
+// Sentinel errors; test with errors.Is. An unmount refused because the
+// filesystem is in use wraps sentinel.ErrBusy.
 var (
 	// ErrForeignSignature: the device holds something other than a blank
 	// area or an ext4/xfs filesystem, so blockvol will not format it.
 	ErrForeignSignature = errors.New("foreign signature on device")
-	// ErrBusy: the filesystem could not be unmounted because it is in use.
-	ErrBusy = errors.New("filesystem is busy")
 	// ErrInvalidMountOption: a mount option outside the allowlist, or two
 	// options that contradict each other.
 	ErrInvalidMountOption = errors.New("invalid mount option")

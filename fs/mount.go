@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
 // Mounter is the mount(2)/umount2(2) pair; the real one is SyscallMounter.
@@ -75,7 +77,7 @@ func (f *FS) Mount(ctx context.Context, dev, target, fstype string, opts []strin
 
 // Unmount unmounts the filesystem at target. A target that is not mounted
 // (or does not exist) is success. A filesystem still in use yields an
-// error wrapping both ErrBusy and syscall.EBUSY. Symbolic links in the
+// error wrapping both sentinel.ErrBusy and syscall.EBUSY. Symbolic links in the
 // last component of target are not followed.
 func (f *FS) Unmount(ctx context.Context, target string) error {
 	if err := ctx.Err(); err != nil {
@@ -91,7 +93,7 @@ func (f *FS) Unmount(ctx context.Context, target string) error {
 		// EINVAL: target is not a mount point; ENOENT: it does not exist.
 		return nil
 	case errors.Is(err, syscall.EBUSY):
-		return fmt.Errorf("unmount %s: %w: %w", target, ErrBusy, err)
+		return fmt.Errorf("unmount %s: %w: %w", target, sentinel.ErrBusy, err)
 	}
 	return fmt.Errorf("unmount %s: %w", target, err)
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/blockvol/blockvol/internal/mounttable"
+	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
 // mountCall is one call a fakeMounter received.
@@ -161,7 +162,7 @@ func TestUnmount(t *testing.T) {
 		{name: "unmounted"},
 		{name: "not a mount point is success", err: syscall.EINVAL},
 		{name: "missing target is success", err: syscall.ENOENT},
-		{name: "busy", err: syscall.EBUSY, wantErrIs: []error{ErrBusy, syscall.EBUSY}},
+		{name: "busy", err: syscall.EBUSY, wantErrIs: []error{sentinel.ErrBusy, syscall.EBUSY}},
 		{name: "other error", err: syscall.EPERM, wantErrIs: []error{syscall.EPERM}},
 	}
 	for _, tt := range tests {
@@ -183,8 +184,8 @@ func TestUnmount(t *testing.T) {
 					t.Errorf("Unmount error %v does not wrap %v", err, want)
 				}
 			}
-			if tt.err != syscall.EBUSY && errors.Is(err, ErrBusy) {
-				t.Errorf("Unmount error %v wraps ErrBusy", err)
+			if tt.err != syscall.EBUSY && errors.Is(err, sentinel.ErrBusy) {
+				t.Errorf("Unmount error %v wraps sentinel.ErrBusy", err)
 			}
 			if !strings.Contains(err.Error(), "/mnt/vol") {
 				t.Errorf("Unmount error %q does not name the target", err)

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/blockvol/blockvol/internal/mounttable"
+	"github.com/blockvol/blockvol/internal/sentinel"
 	"github.com/blockvol/blockvol/internal/testenv"
 
 	"github.com/blockvol/blockvol/hostexec"
@@ -374,8 +375,8 @@ func TestRootUnmountBusy(t *testing.T) {
 	}
 	err = f.Unmount(ctx, target)
 	fh.Close()
-	if !errors.Is(err, ErrBusy) {
-		t.Fatalf("Unmount with an open file: %v, want ErrBusy", err)
+	if !errors.Is(err, sentinel.ErrBusy) {
+		t.Fatalf("Unmount with an open file: %v, want sentinel.ErrBusy", err)
 	}
 	if got, _ := f.MountedDevice(target); got != dev {
 		t.Fatalf("after a busy Unmount, %q mounted at target, want %q", got, dev)

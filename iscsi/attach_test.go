@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/blockvol/blockvol/hostexec"
+	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
 const (
@@ -333,7 +334,7 @@ func TestAttachErrors(t *testing.T) {
 	}, {
 		name:  "no record 21",
 		calls: withLogin(21, "iscsiadm: No records found\n"),
-		kind:  ErrNotFound,
+		kind:  ErrNoTarget,
 		msg:   "iSCSI login to " + testIQN + " at 127.0.0.1:3260 failed: no node record or session",
 	}, {
 		name:  "iscsid down 20",
@@ -347,7 +348,7 @@ func TestAttachErrors(t *testing.T) {
 			updates[0], updates[1],
 			{Argv: updates[2].Argv, Code: 7, Stderr: "iscsiadm: Cannot set value " + secret + "\n"},
 		},
-		kind: ErrInvalid,
+		kind: sentinel.ErrInvalid,
 		msg:  "iSCSI node record update for " + testIQN + " at 127.0.0.1:3260 failed: iscsiadm rejected an argument",
 	}, {
 		name:  "unknown status quotes stderr",
@@ -497,13 +498,13 @@ func TestAttachInvalid(t *testing.T) {
 	for _, tc := range tests {
 		fake := hostexec.NewFake(t)
 		i, _ := newTestInitiator(t, newTree(t), fake, nil)
-		if _, err := i.Attach(context.Background(), tc); !errors.Is(err, ErrInvalid) {
-			t.Errorf("Attach(%+v) = %v, want ErrInvalid", tc, err)
+		if _, err := i.Attach(context.Background(), tc); !errors.Is(err, sentinel.ErrInvalid) {
+			t.Errorf("Attach(%+v) = %v, want sentinel.ErrInvalid", tc, err)
 		} else if strings.Contains(err.Error(), secret) {
 			t.Errorf("secret in %v", err)
 		}
-		if err := i.Detach(context.Background(), tc); !errors.Is(err, ErrInvalid) {
-			t.Errorf("Detach(%+v) = %v, want ErrInvalid", tc, err)
+		if err := i.Detach(context.Background(), tc); !errors.Is(err, sentinel.ErrInvalid) {
+			t.Errorf("Detach(%+v) = %v, want sentinel.ErrInvalid", tc, err)
 		}
 		fake.Done()
 	}

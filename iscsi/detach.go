@@ -5,11 +5,12 @@ import (
 	"fmt"
 
 	"github.com/blockvol/blockvol/internal/mounttable"
+	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
 // Detach releases t.LUN from this host.
 //
-// It first refuses (ErrInUse) when the LUN's own device is still in use:
+// It first refuses (sentinel.ErrInUse) when the LUN's own device is still in use:
 // mounted, or a partition of it mounted or held, or held by anything but an
 // unused multipath map. Then it decides about the target's sessions (those
 // through t.Portals, on Config.Iface): they are kept when another LUN of the
@@ -61,7 +62,7 @@ func (i *Initiator) Detach(ctx context.Context, t Target) error {
 		u := usage{i: i, mounts: mounts}
 		for _, d := range own {
 			if why := u.whyBusy(d.name); why != "" {
-				return fmt.Errorf("iSCSI LUN %d of %s is still in use (%s); unmount it before detaching: %w", t.LUN, t.IQN, why, ErrInUse)
+				return fmt.Errorf("iSCSI LUN %d of %s is still in use (%s); unmount it before detaching: %w", t.LUN, t.IQN, why, sentinel.ErrInUse)
 			}
 		}
 		for _, d := range others {

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/blockvol/blockvol/hostexec"
+	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
 func logoutCalls(p string) []hostexec.Call {
@@ -82,7 +83,7 @@ func TestDetach(t *testing.T) {
 	}, {
 		name:    "own LUN still mounted: refused",
 		setup:   func(tr *tree, sdb, sdc string) { tr.mount(sdb, "/dev/sdb", "/mnt/mine") },
-		wantErr: ErrInUse,
+		wantErr: sentinel.ErrInUse,
 		errHas:  []string{"LUN 1", testIQN, "sdb is mounted on /mnt/mine"},
 	}, {
 		name: "logout failure is an error and keeps the record",
@@ -104,7 +105,7 @@ func TestDetach(t *testing.T) {
 			{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "--logout")},
 			{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "delete"), Code: 15},
 		},
-		wantErr: ErrInUse,
+		wantErr: sentinel.ErrInUse,
 		errHas:  []string{"node record deletion for " + testIQN + " at 127.0.0.1:3260 failed: a session still uses the record"},
 	}}
 	for _, tc := range tests {

@@ -4,28 +4,30 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+
+	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
-// Sentinel errors. Errors returned by this package wrap one of them when the
-// failure falls in its class; test with errors.Is.
+// Sentinel errors of the iSCSI initiator. Errors returned by this package
+// wrap one of them, or one of internal/sentinel (ErrInvalid: a Target or Config
+// that cannot work as given; ErrInUse: Detach of a LUN whose own device is
+// still mounted or held), when the failure falls in its class; test with
+// errors.Is. ErrNoTarget is not sentinel.ErrNotFound: a target that does not
+// answer is no proof that the volume is gone.
 var (
-	// ErrInvalid: a Target or Config that cannot work as given.
-	ErrInvalid = errors.New("invalid iSCSI request")
 	// ErrAuth: the target rejected the initiator's credentials or name.
 	ErrAuth = errors.New("iSCSI authentication failed")
 	// ErrTimeout: iscsiadm, the target or the network did not answer in time.
 	ErrTimeout = errors.New("iSCSI operation timed out")
 	// ErrUnreachable: no connection to the portal.
 	ErrUnreachable = errors.New("iSCSI portal unreachable")
-	// ErrNotFound: no node record, or no target at the portal.
-	ErrNotFound = errors.New("iSCSI target or record not found")
+	// ErrNoTarget: no node record, or no target at the portal.
+	ErrNoTarget = errors.New("iSCSI target or record not found")
 	// ErrDaemon: iscsid is not running or not reachable.
 	ErrDaemon = errors.New("iscsid not reachable")
 	// ErrDeviceNotFound: logged in, but the LUN's block device did not
 	// appear in time.
 	ErrDeviceNotFound = errors.New("iSCSI LUN block device not found")
-	// ErrInUse: Detach of a LUN whose own device is still mounted or held.
-	ErrInUse = errors.New("iSCSI LUN in use")
 )
 
 // iscsiadm exit statuses (man iscsiadm, EXIT STATUS); only those this
@@ -110,7 +112,7 @@ func (e *Error) Unwrap() []error {
 func classify(o op, code int, stderr string) (string, error) {
 	switch code {
 	case exitSessNotFound:
-		return "no such session", ErrNotFound
+		return "no such session", ErrNoTarget
 	case exitNoMem:
 		return "iscsiadm could not allocate a resource or read the iface configuration (check the iface name)" + detail(stderr), nil
 	case exitTransport:
@@ -120,7 +122,7 @@ func classify(o op, code int, stderr string) (string, error) {
 	case exitIDBM:
 		return "could not read or write the open-iscsi node database (/etc/iscsi)" + detail(stderr), nil
 	case exitInvalid:
-		return "iscsiadm rejected an argument (check the IQN, the portal and the iface)" + detail(stderr), ErrInvalid
+		return "iscsiadm rejected an argument (check the IQN, the portal and the iface)" + detail(stderr), sentinel.ErrInvalid
 	case exitTransTimeout:
 		return "timed out connecting to the portal (check the network and firewalls)", ErrTimeout
 	case exitInternal:
@@ -137,7 +139,7 @@ func classify(o op, code int, stderr string) (string, error) {
 		return "the iSCSI transport does not support this operation", nil
 	case exitSessExists:
 		if o == opNodeDelete || o == opNodeUpdate {
-			return "a session still uses the record", ErrInUse
+			return "a session still uses the record", sentinel.ErrInUse
 		}
 		return "a session already exists", nil
 	case exitIscsidComm, exitIscsidNotConn:
@@ -149,11 +151,11 @@ func classify(o op, code int, stderr string) (string, error) {
 	case exitNoObjsFound:
 		switch o {
 		case opLogin, opRescan, opNodeUpdate:
-			return "no node record or session for this target and portal (check the IQN and the portal; with discovery, the target did not report this portal)", ErrNotFound
+			return "no node record or session for this target and portal (check the IQN and the portal; with discovery, the target did not report this portal)", ErrNoTarget
 		case opDiscovery:
-			return "the portal reported no targets for this initiator (check the portal, the target's ACL and discovery CHAP)", ErrNotFound
+			return "the portal reported no targets for this initiator (check the portal, the target's ACL and discovery CHAP)", ErrNoTarget
 		}
-		return "nothing found to operate on", ErrNotFound
+		return "nothing found to operate on", ErrNoTarget
 	case exitSysfsLookup:
 		return "could not find the session in sysfs", nil
 	case exitHostNotFound:

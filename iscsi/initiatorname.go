@@ -8,6 +8,8 @@ import (
 	"io/fs"
 	"os"
 	"strings"
+
+	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
 // InitiatorName returns this host's iSCSI initiator name: Config.InitiatorName
@@ -60,13 +62,13 @@ func parseInitiatorName(path string, data []byte) (string, error) {
 	switch {
 	case found && name != "":
 		if strings.ContainsAny(name, " \t") {
-			return "", fmt.Errorf("iSCSI initiator name %q in %s contains white space: %w", name, path, ErrInvalid)
+			return "", fmt.Errorf("iSCSI initiator name %q in %s contains white space: %w", name, path, sentinel.ErrInvalid)
 		}
 		return name, nil
 	case generate:
-		return "", fmt.Errorf("iSCSI initiator name in %s is not generated yet (start iscsid once, or run iscsi-iname): %w", path, ErrInvalid)
+		return "", fmt.Errorf("iSCSI initiator name in %s is not generated yet (start iscsid once, or run iscsi-iname): %w", path, sentinel.ErrInvalid)
 	case found:
-		return "", fmt.Errorf("iSCSI initiator name in %s is empty (set InitiatorName=iqn....): %w", path, ErrInvalid)
+		return "", fmt.Errorf("iSCSI initiator name in %s is empty (set InitiatorName=iqn....): %w", path, sentinel.ErrInvalid)
 	}
-	return "", fmt.Errorf("no InitiatorName= line in %s (set InitiatorName=iqn.... there, or in the configuration): %w", path, ErrInvalid)
+	return "", fmt.Errorf("no InitiatorName= line in %s (set InitiatorName=iqn.... there, or in the configuration): %w", path, sentinel.ErrInvalid)
 }

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/blockvol/blockvol/hostexec"
+	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
 func TestInitiatorNameFile(t *testing.T) {
@@ -99,10 +100,10 @@ func TestInitiatorNameFromConfig(t *testing.T) {
 }
 
 func TestNewRejects(t *testing.T) {
-	if _, err := New(Config{}, nil, nil); !errors.Is(err, ErrInvalid) {
+	if _, err := New(Config{}, nil, nil); !errors.Is(err, sentinel.ErrInvalid) {
 		t.Errorf("nil runner: %v", err)
 	}
-	if _, err := New(Config{LoginTimeout: -1}, hostexec.NewFake(t), nil); !errors.Is(err, ErrInvalid) {
+	if _, err := New(Config{LoginTimeout: -1}, hostexec.NewFake(t), nil); !errors.Is(err, sentinel.ErrInvalid) {
 		t.Errorf("negative timeout: %v", err)
 	}
 	i, err := New(Config{}, hostexec.NewFake(t), nil)

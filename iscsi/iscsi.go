@@ -24,6 +24,7 @@ import (
 
 	"github.com/blockvol/blockvol/hostexec"
 	"github.com/blockvol/blockvol/internal/keyedlock"
+	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
 // CHAP holds CHAP credentials. The passwords are secrets: they are never
@@ -132,18 +133,18 @@ type Initiator struct {
 // production); log may be nil.
 func New(cfg Config, run hostexec.Runner, log *slog.Logger) (*Initiator, error) {
 	if run == nil {
-		return nil, fmt.Errorf("iscsi: a hostexec.Runner is required: %w", ErrInvalid)
+		return nil, fmt.Errorf("iscsi: a hostexec.Runner is required: %w", sentinel.ErrInvalid)
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	for _, d := range []time.Duration{cfg.LoginTimeout, cfg.DeviceTimeout, cfg.LogoutTimeout, cfg.PollInterval} {
 		if d < 0 {
-			return nil, fmt.Errorf("iscsi: negative timeout or interval in configuration: %w", ErrInvalid)
+			return nil, fmt.Errorf("iscsi: negative timeout or interval in configuration: %w", sentinel.ErrInvalid)
 		}
 	}
 	if strings.ContainsAny(cfg.Iface, " \t\n") {
-		return nil, fmt.Errorf("iscsi: iface name %q contains white space: %w", cfg.Iface, ErrInvalid)
+		return nil, fmt.Errorf("iscsi: iface name %q contains white space: %w", cfg.Iface, sentinel.ErrInvalid)
 	}
 	setDefault(&cfg.LoginTimeout, DefaultLoginTimeout)
 	setDefault(&cfg.DeviceTimeout, DefaultDeviceTimeout)
@@ -196,11 +197,11 @@ func parsePortal(s string) (portal, error) {
 	}
 	ip := net.ParseIP(host)
 	if ip == nil {
-		return portal{}, fmt.Errorf("iSCSI portal %q is not ip:port (an IP address is required): %w", s, ErrInvalid)
+		return portal{}, fmt.Errorf("iSCSI portal %q is not ip:port (an IP address is required): %w", s, sentinel.ErrInvalid)
 	}
 	n, err := strconv.Atoi(port)
 	if err != nil || n <= 0 || n > 65535 {
-		return portal{}, fmt.Errorf("iSCSI portal %q has an invalid port: %w", s, ErrInvalid)
+		return portal{}, fmt.Errorf("iSCSI portal %q has an invalid port: %w", s, sentinel.ErrInvalid)
 	}
 	return portal{host: host, ip: ip, port: n, arg: net.JoinHostPort(host, strconv.Itoa(n))}, nil
 }
@@ -208,13 +209,13 @@ func parsePortal(s string) (portal, error) {
 // validate checks t and returns its parsed portals.
 func validate(t Target) ([]portal, error) {
 	if t.IQN == "" || strings.ContainsAny(t.IQN, " \t\n/") {
-		return nil, fmt.Errorf("iSCSI target name %q is invalid: %w", t.IQN, ErrInvalid)
+		return nil, fmt.Errorf("iSCSI target name %q is invalid: %w", t.IQN, sentinel.ErrInvalid)
 	}
 	if len(t.Portals) == 0 {
-		return nil, fmt.Errorf("iSCSI target %s has no portal: %w", t.IQN, ErrInvalid)
+		return nil, fmt.Errorf("iSCSI target %s has no portal: %w", t.IQN, sentinel.ErrInvalid)
 	}
 	if t.LUN < 0 {
-		return nil, fmt.Errorf("iSCSI target %s: LUN %d is negative: %w", t.IQN, t.LUN, ErrInvalid)
+		return nil, fmt.Errorf("iSCSI target %s: LUN %d is negative: %w", t.IQN, t.LUN, sentinel.ErrInvalid)
 	}
 	for _, c := range []struct {
 		what string
@@ -224,10 +225,10 @@ func validate(t Target) ([]portal, error) {
 			continue
 		}
 		if c.chap.Username == "" || c.chap.Password == "" {
-			return nil, fmt.Errorf("iSCSI target %s: %s CHAP needs both a username and a password: %w", t.IQN, c.what, ErrInvalid)
+			return nil, fmt.Errorf("iSCSI target %s: %s CHAP needs both a username and a password: %w", t.IQN, c.what, sentinel.ErrInvalid)
 		}
 		if (c.chap.MutualUsername == "") != (c.chap.MutualPassword == "") {
-			return nil, fmt.Errorf("iSCSI target %s: mutual %s CHAP needs both a username and a password: %w", t.IQN, c.what, ErrInvalid)
+			return nil, fmt.Errorf("iSCSI target %s: mutual %s CHAP needs both a username and a password: %w", t.IQN, c.what, sentinel.ErrInvalid)
 		}
 	}
 	var ps []portal

@@ -8,9 +8,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/blockvol/blockvol/backends"
-	"github.com/blockvol/blockvol/volumes"
 	"github.com/docker/go-plugins-helpers/volume"
+
+	"github.com/blockvol/blockvol/backends"
+	"github.com/blockvol/blockvol/internal/sentinel"
+	"github.com/blockvol/blockvol/volumes"
 )
 
 const (
@@ -225,7 +227,7 @@ func TestRemove(t *testing.T) {
 	h.create("r", nil)
 	h.mount("r", id1)
 	err := h.d.Remove(&volume.RemoveRequest{Name: "r"})
-	if !errors.Is(err, volumes.ErrInUse) || !strings.Contains(err.Error(), "in use by 1 mount") {
+	if !errors.Is(err, sentinel.ErrInUse) || !strings.Contains(err.Error(), "in use by 1 mount") {
 		t.Fatalf("Remove of a mounted volume: %v", err)
 	}
 	h.unmount("r", id1)
@@ -233,7 +235,7 @@ func TestRemove(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = h.d.Get(&volume.GetRequest{Name: "r"})
-	if !errors.Is(err, volumes.ErrNotFound) || err.Error() != `volume "r" does not exist` {
+	if !errors.Is(err, sentinel.ErrNotFound) || err.Error() != `volume "r" does not exist` {
 		t.Fatalf("Get after Remove: %v", err)
 	}
 	// A volume attached elsewhere (shared backend) is refused clearly.
@@ -300,7 +302,7 @@ func TestBadInputCreatesNothing(t *testing.T) {
 	for _, tc := range cases {
 		h := newHarness(t)
 		err := h.d.Create(&volume.CreateRequest{Name: tc.name, Options: tc.opts})
-		if !errors.Is(err, volumes.ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
+		if !errors.Is(err, sentinel.ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("Create(%q, %v) = %v; want ErrInvalid mentioning %q", tc.name, tc.opts, err, tc.want)
 		}
 		if calls := h.be.callLog(); len(calls) != 0 {
@@ -368,7 +370,7 @@ func TestLockWaitEndsWithClearError(t *testing.T) {
 	}
 	defer unlock()
 	_, err = h.d.Mount(&volume.MountRequest{Name: "stuck", ID: id2})
-	if !errors.Is(err, volumes.ErrBusy) || !strings.Contains(err.Error(), "another operation on it did not finish in time") {
+	if !errors.Is(err, sentinel.ErrBusy) || !strings.Contains(err.Error(), "another operation on it did not finish in time") {
 		t.Fatalf("Mount behind a stuck one = %v", err)
 	}
 	if calls := h.be.callLog(); count(calls, "attach") != 0 {
@@ -464,7 +466,7 @@ func TestGetDuringBackendOutage(t *testing.T) {
 	}
 	// A volume never seen: the outage, never "not found".
 	_, err = h.d.Get(&volume.GetRequest{Name: "unseen"})
-	if err == nil || errors.Is(err, volumes.ErrNotFound) || !strings.Contains(err.Error(), "connection refused") {
+	if err == nil || errors.Is(err, sentinel.ErrNotFound) || !strings.Contains(err.Error(), "connection refused") {
 		t.Fatalf("Get during an outage = %v; want the outage, never 'not found'", err)
 	}
 }

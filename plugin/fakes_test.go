@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/blockvol/blockvol/backends"
+	"github.com/blockvol/blockvol/internal/sentinel"
 	"github.com/blockvol/blockvol/volumes"
 )
 
@@ -79,7 +80,7 @@ func (f *fakeBackend) Create(ctx context.Context, req backends.CreateRequest) (b
 		return backends.Volume{}, err
 	}
 	if _, ok := f.vols[req.Name]; ok {
-		return backends.Volume{}, backends.ErrExists
+		return backends.Volume{}, sentinel.ErrExists
 	}
 	v := backends.Volume{Name: req.Name, SizeBytes: req.SizeBytes, CreatedAt: time.Date(2026, 11, 24, 12, 0, 0, 0, time.UTC), Meta: maps.Clone(req.Meta)}
 	f.vols[req.Name] = v
@@ -94,7 +95,7 @@ func (f *fakeBackend) Get(ctx context.Context, name string) (backends.Volume, er
 	}
 	v, ok := f.vols[name]
 	if !ok {
-		return backends.Volume{}, fmt.Errorf("%s: %w", name, backends.ErrNotFound)
+		return backends.Volume{}, fmt.Errorf("%s: %w", name, sentinel.ErrNotFound)
 	}
 	v.Meta = maps.Clone(v.Meta)
 	return v, nil
@@ -130,10 +131,10 @@ func (f *fakeBackend) Remove(ctx context.Context, name string) error {
 		return err
 	}
 	if _, ok := f.attached[name]; ok {
-		return fmt.Errorf("%s is attached: %w", name, backends.ErrInUse)
+		return fmt.Errorf("%s is attached: %w", name, sentinel.ErrInUse)
 	}
 	if _, ok := f.vols[name]; !ok {
-		return backends.ErrNotFound
+		return sentinel.ErrNotFound
 	}
 	delete(f.vols, name)
 	return nil

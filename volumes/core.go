@@ -31,6 +31,7 @@ import (
 
 	"github.com/blockvol/blockvol/backends"
 	"github.com/blockvol/blockvol/internal/keyedlock"
+	"github.com/blockvol/blockvol/internal/sentinel"
 	"github.com/blockvol/blockvol/state"
 )
 
@@ -199,7 +200,7 @@ func (d *Core) Stats() (attached, mounted int) {
 func (d *Core) mountpoint(name string) string { return filepath.Join(d.cfg.MountDir, name) }
 
 // lookup finds the backend that holds name. It returns an error wrapping
-// ErrNotFound only when every backend answered and none has the volume;
+// sentinel.ErrNotFound only when every backend answered and none has the volume;
 // any other failure is returned as such, never as "not found".
 func (d *Core) lookup(ctx context.Context, name string) (backends.Volume, string, error) {
 	known := d.knownBackend(name)
@@ -219,14 +220,14 @@ func (d *Core) lookup(ctx context.Context, name string) (backends.Volume, string
 			d.remember(name, bn)
 			return v, bn, nil
 		}
-		if !errors.Is(err, backends.ErrNotFound) {
+		if !errors.Is(err, sentinel.ErrNotFound) {
 			failures = append(failures, fmt.Errorf("backend %s: %w", bn, err))
 		}
 	}
 	if len(failures) > 0 {
 		return backends.Volume{}, "", fmt.Errorf("volume %q could not be looked up: %w", name, errors.Join(failures...))
 	}
-	return backends.Volume{}, "", &userError{kind: ErrNotFound, msg: fmt.Sprintf("volume %q does not exist", name)}
+	return backends.Volume{}, "", &userError{kind: sentinel.ErrNotFound, msg: fmt.Sprintf("volume %q does not exist", name)}
 }
 
 // knownBackend returns the backend a volume was last seen on since the

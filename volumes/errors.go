@@ -1,20 +1,15 @@
 package volumes
 
 import (
-	"errors"
 	"fmt"
 	"regexp"
+
+	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
-// Sentinel errors of the plugin. The message a Docker user sees is the
-// whole wrapped text; these let callers and tests classify it.
-var (
-	ErrInvalid  = errors.New("invalid request")
-	ErrNotFound = errors.New("no such volume")
-	ErrInUse    = errors.New("volume in use")
-	ErrBusy     = errors.New("volume busy")
-)
-
+// The plugin's errors wrap the sentinels of internal/sentinel (ErrInvalid,
+// ErrNotFound, ErrInUse, ErrBusy). The message a Docker user sees is the
+// whole wrapped text; the sentinel lets callers and tests classify it.
 // userError is an error whose text is already a complete sentence for the
 // user; Is reports the sentinel it belongs to.
 type userError struct {
@@ -30,7 +25,7 @@ func (e *userError) Is(target error) bool { return target == e.kind }
 func (e *userError) Unwrap() error { return e.err }
 
 func invalidf(format string, args ...any) error {
-	return &userError{kind: ErrInvalid, msg: fmt.Sprintf(format, args...)}
+	return &userError{kind: sentinel.ErrInvalid, msg: fmt.Sprintf(format, args...)}
 }
 
 // maxNameLen bounds volume names; Cinder allows 255, file names 255 bytes,

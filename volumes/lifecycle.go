@@ -7,6 +7,7 @@ import (
 	"log/slog"
 
 	"github.com/blockvol/blockvol/backends"
+	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
 // Create makes a volume called name with the given raw options. Creating a
@@ -47,13 +48,11 @@ func (d *Core) Create(ctx context.Context, name string, rawOpts map[string]strin
 		Meta:             encodeMeta(opts),
 	})
 	switch {
-	case errors.Is(err, backends.ErrExists):
+	case errors.Is(err, sentinel.ErrExists):
 		// Another host (shared backend) created it between our look-up
 		// and our create: theirs is the volume.
 		log.Info("volume created concurrently elsewhere; using it")
-	case errors.Is(err, backends.ErrInvalid):
-		return &userError{kind: ErrInvalid, msg: fmt.Sprintf("volume %q cannot be created: %v", name, err), err: err}
-	case err != nil:
+	case err != nil: // wraps the backend's class (sentinel.ErrInvalid, ...)
 		return fmt.Errorf("volume %q cannot be created on backend %s: %w", name, opts.Backend, err)
 	}
 	d.remember(name, opts.Backend)
@@ -73,7 +72,7 @@ func (d *Core) existing(ctx context.Context, log *slog.Logger, name, target stri
 		case err == nil:
 			d.remember(name, bn)
 			return bn, nil
-		case errors.Is(err, backends.ErrNotFound):
+		case errors.Is(err, sentinel.ErrNotFound):
 		case bn == target:
 			return "", fmt.Errorf("volume %q cannot be created: backend %s: %w", name, bn, err)
 		default:
@@ -97,7 +96,7 @@ func (d *Core) Remove(ctx context.Context, name string) (err error) {
 
 	if r, ok := d.recs.get(name); ok {
 		if len(r.Users) > 0 {
-			return &userError{kind: ErrInUse, msg: fmt.Sprintf("volume %q is in use by %d mount(s) on this host; stop the containers using it first", name, len(r.Users))}
+			return &userError{kind: sentinel.ErrInUse, msg: fmt.Sprintf("volume %q is in use by %d mount(s) on this host; stop the containers using it first", name, len(r.Users))}
 		}
 		// A teardown that failed earlier: finish it before removing.
 		if err := d.teardown(ctx, log, r); err != nil {
@@ -111,11 +110,9 @@ func (d *Core) Remove(ctx context.Context, name string) (err error) {
 	c.backend = bn
 	if err := d.cfg.Backends[bn].Remove(ctx, name); err != nil {
 		switch {
-		case errors.Is(err, backends.ErrNotFound):
+		case errors.Is(err, sentinel.ErrNotFound):
 			// Gone already (removed concurrently elsewhere): done.
-		case errors.Is(err, backends.ErrInUse):
-			return &userError{kind: ErrInUse, msg: fmt.Sprintf("volume %q cannot be removed: %v", name, err), err: err}
-		default:
+		default: // wraps the backend's class (sentinel.ErrInUse, ...)
 			return fmt.Errorf("volume %q cannot be removed: %w", name, err)
 		}
 	}

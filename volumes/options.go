@@ -80,7 +80,7 @@ func acceptedKeys() string {
 
 // ParseOptions turns Docker's raw option map into Options. Keys are
 // case-insensitive; an unknown key, a key given twice under two spellings,
-// or a bad value yields an error wrapping ErrInvalid whose text names the
+// or a bad value yields an error wrapping sentinel.ErrInvalid whose text names the
 // key and what it accepts.
 func ParseOptions(raw map[string]string, def OptionDefaults, parseMountOpts MountOptionParser) (Options, error) {
 	canon := map[string]string{}

@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
 // fakeMountOpts accepts noatime and discard only.
@@ -46,8 +48,8 @@ func TestParseSize(t *testing.T) {
 		}
 	}
 	for _, in := range []string{"", "0", "-1", "0G", "1e99", "1.5", "1.5G", "ten", "10X", "G", "99999999999999999999", "1025T", "9223372036854775807G", "+5", "0x10"} {
-		if got, err := ParseSize(in); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "option size") {
-			t.Errorf("ParseSize(%q) = %d, %v; want an ErrInvalid naming the size option", in, got, err)
+		if got, err := ParseSize(in); !errors.Is(err, sentinel.ErrInvalid) || !strings.Contains(err.Error(), "option size") {
+			t.Errorf("ParseSize(%q) = %d, %v; want an sentinel.ErrInvalid naming the size option", in, got, err)
 		}
 	}
 }
@@ -95,8 +97,8 @@ func TestParseOptions(t *testing.T) {
 		{map[string]string{"type": "a", "volumetype": "b"}, "both set volumetype; give it once"},
 	} {
 		_, err := ParseOptions(tc.raw, testDefaults, fakeMountOpts)
-		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
-			t.Errorf("ParseOptions(%v) = %v; want ErrInvalid containing %q", tc.raw, err, tc.want)
+		if !errors.Is(err, sentinel.ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("ParseOptions(%v) = %v; want sentinel.ErrInvalid containing %q", tc.raw, err, tc.want)
 		}
 	}
 }
@@ -133,13 +135,13 @@ func TestValidateName(t *testing.T) {
 		}
 	}
 	for _, bad := range []string{"", ".", "..", "../x", "a/b", "/abs", "x\x00", "-lead", "_lead", ".hidden", "sp ace", "ünï", "a\nb", strings.Repeat("x", 129)} {
-		if err := ValidateName(bad); !errors.Is(err, ErrInvalid) {
-			t.Errorf("ValidateName(%q) = %v, want ErrInvalid", bad, err)
+		if err := ValidateName(bad); !errors.Is(err, sentinel.ErrInvalid) {
+			t.Errorf("ValidateName(%q) = %v, want sentinel.ErrInvalid", bad, err)
 		}
 	}
 }
 
-// FuzzParseOptions: any input either fails with an ErrInvalid sentence or
+// FuzzParseOptions: any input either fails with an sentinel.ErrInvalid sentence or
 // yields options within bounds; never a panic.
 func FuzzParseOptions(f *testing.F) {
 	f.Add("size", "10", "fstype", "xfs")
@@ -150,8 +152,8 @@ func FuzzParseOptions(f *testing.F) {
 	f.Fuzz(func(t *testing.T, k1, v1, k2, v2 string) {
 		o, err := ParseOptions(map[string]string{k1: v1, k2: v2}, testDefaults, fakeMountOpts)
 		if err != nil {
-			if !errors.Is(err, ErrInvalid) || err.Error() == "" {
-				t.Fatalf("error %v is not an ErrInvalid sentence", err)
+			if !errors.Is(err, sentinel.ErrInvalid) || err.Error() == "" {
+				t.Fatalf("error %v is not an sentinel.ErrInvalid sentence", err)
 			}
 			return
 		}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"sort"
 	"time"
+
+	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
 // Info describes one volume: the backend's facts and this host's use.
@@ -68,7 +70,7 @@ func (d *Core) Get(ctx context.Context, name string) (_ Info, err error) {
 	c.backend = bn
 	r, mounted := d.recs.get(name)
 	if err != nil {
-		if errors.Is(err, ErrNotFound) && !mounted {
+		if errors.Is(err, sentinel.ErrNotFound) && !mounted {
 			return Info{}, err
 		}
 		if mounted {
@@ -124,7 +126,7 @@ func (d *Core) List(ctx context.Context) (_ []Info, err error) {
 }
 
 // Path returns the mountpoint of a volume mounted on this host, "" when it
-// is not mounted (an error wrapping ErrNotFound when it does not exist).
+// is not mounted (an error wrapping sentinel.ErrNotFound when it does not exist).
 func (d *Core) Path(ctx context.Context, name string) (_ string, err error) {
 	c := d.begin(ctx, "path", name, d.cfg.OtherTimeout)
 	defer func() { c.end(err) }()

@@ -17,6 +17,7 @@ import (
 	"github.com/gophercloud/gophercloud/v2/openstack/blockstorage/v3/volumes"
 
 	"github.com/blockvol/blockvol/backends"
+	"github.com/blockvol/blockvol/internal/sentinel"
 	"github.com/blockvol/blockvol/iscsi"
 )
 
@@ -85,7 +86,7 @@ func (b *Backend) Attach(ctx context.Context, name string, opts backends.AttachO
 	if busy(v) {
 		if !opts.Preempt && !b.cfg.Preempt {
 			return "", opErrf(op, name, "Cinder volume %s is %s %s; to take it over (that host loses it), create the volume with -o preempt=true or set preempt = true for this backend: %w",
-				v.ID, v.Status, b.holderPhrase(v), backends.ErrInUse)
+				v.ID, v.Status, b.holderPhrase(v), sentinel.ErrInUse)
 		}
 		if v, err = b.takeOver(ctx, c, v, log); err != nil {
 			return "", opErr(op, name, err)
@@ -117,7 +118,7 @@ func (b *Backend) settle(ctx context.Context, c *conn, v *volumes.Volume) (*volu
 	wait := func(ctx context.Context, status string) (*volumes.Volume, error) {
 		w, err := b.waitVolume(ctx, c, v.ID, func(w *volumes.Volume) bool { return w.Status != status })
 		if w == nil && err == nil {
-			return nil, fmt.Errorf("Cinder volume %s was deleted: %w", v.ID, backends.ErrNotFound)
+			return nil, fmt.Errorf("Cinder volume %s was deleted: %w", v.ID, sentinel.ErrNotFound)
 		}
 		return w, err
 	}
@@ -135,7 +136,7 @@ func (b *Backend) settle(ctx context.Context, c *conn, v *volumes.Volume) (*volu
 		switch {
 		case err == nil:
 			return w, nil
-		case ctx.Err() != nil, errors.Is(err, backends.ErrNotFound):
+		case ctx.Err() != nil, errors.Is(err, sentinel.ErrNotFound):
 			return nil, err
 		}
 		return v, nil // still detaching: the caller finds it busy
@@ -147,7 +148,7 @@ func (b *Backend) settle(ctx context.Context, c *conn, v *volumes.Volume) (*volu
 func (b *Backend) refetch(ctx context.Context, c *conn, id string) (*volumes.Volume, error) {
 	v, err := volumes.Get(ctx, c.base(), id).Extract()
 	if gophercloud.ResponseCodeIs(err, http.StatusNotFound) {
-		return nil, fmt.Errorf("Cinder volume %s was deleted: %w", id, backends.ErrNotFound)
+		return nil, fmt.Errorf("Cinder volume %s was deleted: %w", id, sentinel.ErrNotFound)
 	}
 	if err != nil {
 		return nil, b.cinderError(c.sc, "read Cinder volume "+id, err)
@@ -426,7 +427,7 @@ func (b *Backend) reserveError(ctx context.Context, c *conn, v *volumes.Volume, 
 		return err
 	}
 	if w, rerr := b.refetch(ctx, c, v.ID); rerr == nil && busy(w) {
-		return fmt.Errorf("Cinder volume %s became %s %s meanwhile: %w", v.ID, w.Status, b.holderPhrase(w), backends.ErrInUse)
+		return fmt.Errorf("Cinder volume %s became %s %s meanwhile: %w", v.ID, w.Status, b.holderPhrase(w), sentinel.ErrInUse)
 	}
 	return err
 }
@@ -443,7 +444,7 @@ func (b *Backend) claim(ctx context.Context, c *conn, id string) error {
 // unclaim removes the holder items when they name this host.
 func (b *Backend) unclaim(ctx context.Context, c *conn, id string) error {
 	v, err := b.refetch(ctx, c, id)
-	if errors.Is(err, backends.ErrNotFound) {
+	if errors.Is(err, sentinel.ErrNotFound) {
 		return nil
 	}
 	if err != nil {
@@ -490,7 +491,7 @@ func (b *Backend) Detach(ctx context.Context, name string) error {
 	}
 	log := b.log.With("volume", name, "op", op)
 	v, err := b.find(ctx, c, name)
-	if errors.Is(err, backends.ErrNotFound) {
+	if errors.Is(err, sentinel.ErrNotFound) {
 		// Gone from Cinder (taken over, then deleted elsewhere): log out
 		// of any target still recorded for the name.
 		if err := b.forgetNamed(ctx, name, log); err != nil {
@@ -633,7 +634,7 @@ func (b *Backend) recover(ctx context.Context, c *conn, v *volumes.Volume, log *
 			return nil, err
 		}
 		if w == nil {
-			return nil, fmt.Errorf("Cinder volume %s was deleted: %w", v.ID, backends.ErrNotFound)
+			return nil, fmt.Errorf("Cinder volume %s was deleted: %w", v.ID, sentinel.ErrNotFound)
 		}
 		v = w
 	}
@@ -655,13 +656,13 @@ func (b *Backend) takeOver(ctx context.Context, c *conn, v *volumes.Volume, log 
 	if err != nil {
 		if statusOf(err) == http.StatusForbidden {
 			return nil, fmt.Errorf("Cinder volume %s is %s %s, and taking it over needs os-force_detach, which Cinder allows only to users with the admin role (HTTP 403) — use an admin user, or detach it on that host: %w",
-				v.ID, v.Status, holder, backends.ErrInUse)
+				v.ID, v.Status, holder, sentinel.ErrInUse)
 		}
 		return nil, err
 	}
 	w, err := b.waitVolume(ctx, c, v.ID, func(w *volumes.Volume) bool { return w.Status == "available" || w.Status == "error_detaching" })
 	if err == nil && w == nil {
-		err = fmt.Errorf("Cinder volume %s was deleted: %w", v.ID, backends.ErrNotFound)
+		err = fmt.Errorf("Cinder volume %s was deleted: %w", v.ID, sentinel.ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("waiting for Cinder volume %s to be released by %s: %w", v.ID, holder, err)

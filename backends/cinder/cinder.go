@@ -84,6 +84,7 @@ import (
 	"github.com/gophercloud/gophercloud/v2/openstack/blockstorage/v3/volumes"
 
 	"github.com/blockvol/blockvol/backends"
+	"github.com/blockvol/blockvol/internal/sentinel"
 	"github.com/blockvol/blockvol/iscsi"
 )
 
@@ -309,9 +310,9 @@ func (b *Backend) Create(ctx context.Context, req backends.CreateRequest) (backe
 	}
 	switch {
 	case req.IOPS != 0:
-		return backends.Volume{}, opErrf(op, name, "the cinder backend does not support option iops (%d): choose a volume type whose QoS gives the IOPS: %w", req.IOPS, backends.ErrInvalid)
+		return backends.Volume{}, opErrf(op, name, "the cinder backend does not support option iops (%d): choose a volume type whose QoS gives the IOPS: %w", req.IOPS, sentinel.ErrInvalid)
 	case req.SizeBytes <= 0:
-		return backends.Volume{}, opErrf(op, name, "size %d: must be positive: %w", req.SizeBytes, backends.ErrInvalid)
+		return backends.Volume{}, opErrf(op, name, "size %d: must be positive: %w", req.SizeBytes, sentinel.ErrInvalid)
 	}
 	gib := int((req.SizeBytes + 1<<30 - 1) >> 30)
 	pieces, err := encodeMeta(req.Meta)
@@ -324,8 +325,8 @@ func (b *Backend) Create(ctx context.Context, req backends.CreateRequest) (backe
 	}
 	log := b.log.With("volume", name, "op", op)
 	if _, err := b.find(ctx, c, name); err == nil {
-		return backends.Volume{}, opErr(op, name, backends.ErrExists)
-	} else if !errors.Is(err, backends.ErrNotFound) {
+		return backends.Volume{}, opErr(op, name, sentinel.ErrExists)
+	} else if !errors.Is(err, sentinel.ErrNotFound) {
 		return backends.Volume{}, opErr(op, name, err)
 	}
 	if req.SizeBytes%(1<<30) != 0 {
@@ -348,7 +349,7 @@ func (b *Backend) Create(ctx context.Context, req backends.CreateRequest) (backe
 		switch statusOf(err) {
 		case http.StatusBadRequest, http.StatusNotFound, http.StatusRequestEntityTooLarge:
 			// 404: unknown volume type; 400: bad zone or size; 413: quota.
-			err = fmt.Errorf("%w: %w", err, backends.ErrInvalid)
+			err = fmt.Errorf("%w: %w", err, sentinel.ErrInvalid)
 		}
 		return backends.Volume{}, opErr(op, name, err)
 	}
@@ -374,7 +375,7 @@ func (b *Backend) Create(ctx context.Context, req backends.CreateRequest) (backe
 	if winner, err := b.find(ctx, c, name); err == nil && winner.ID != v.ID {
 		log.Warn("another host created the same volume name concurrently; deleting ours", "winner", winner.ID)
 		b.cleanup(ctx, func(ctx context.Context) error { return b.deleteVolume(ctx, c, v.ID) }, log, "delete the duplicate volume")
-		return backends.Volume{}, opErr(op, name, backends.ErrExists)
+		return backends.Volume{}, opErr(op, name, sentinel.ErrExists)
 	}
 	log.Info("volume created", "size_gib", v.Size)
 	return b.toVolume(v)
@@ -487,13 +488,13 @@ func (b *Backend) Remove(ctx context.Context, name string) error {
 		return opErr(op, name, err)
 	}
 	if busy(v) {
-		return opErrf(op, name, "Cinder volume %s is %s %s: %w", v.ID, v.Status, b.holderPhrase(v), backends.ErrInUse)
+		return opErrf(op, name, "Cinder volume %s is %s %s: %w", v.ID, v.Status, b.holderPhrase(v), sentinel.ErrInUse)
 	}
 	if err := b.deleteVolume(ctx, c, v.ID); err != nil {
 		if statusOf(err) == http.StatusBadRequest {
 			if w, rerr := b.refetch(ctx, c, v.ID); rerr == nil && busy(w) {
 				// Attached meanwhile.
-				return opErrf(op, name, "Cinder volume %s became %s %s: %w", v.ID, w.Status, b.holderPhrase(w), backends.ErrInUse)
+				return opErrf(op, name, "Cinder volume %s became %s %s: %w", v.ID, w.Status, b.holderPhrase(w), sentinel.ErrInUse)
 			}
 		}
 		return opErr(op, name, err)
@@ -544,7 +545,7 @@ func (b *Backend) find(ctx context.Context, c *conn, name string) (*volumes.Volu
 		}
 	}
 	if len(vs) == 0 {
-		return nil, backends.ErrNotFound
+		return nil, sentinel.ErrNotFound
 	}
 	if len(vs) > 1 {
 		ids := make([]string, len(vs))
@@ -712,9 +713,9 @@ func (b *Backend) holderPhrase(v *volumes.Volume) string {
 func checkName(name string) error {
 	switch {
 	case name == "":
-		return fmt.Errorf("empty volume name: %w", backends.ErrInvalid)
+		return fmt.Errorf("empty volume name: %w", sentinel.ErrInvalid)
 	case len(name) > 255:
-		return fmt.Errorf("volume name longer than Cinder's 255 characters: %w", backends.ErrInvalid)
+		return fmt.Errorf("volume name longer than Cinder's 255 characters: %w", sentinel.ErrInvalid)
 	}
 	return nil
 }

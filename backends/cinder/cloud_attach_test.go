@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/blockvol/blockvol/backends"
+	"github.com/blockvol/blockvol/internal/sentinel"
 	"github.com/blockvol/blockvol/iscsi"
 )
 
@@ -92,7 +93,7 @@ func TestCloudAttachDetach(t *testing.T) {
 			if n := attachmentCount(t, b, cv); n != 1 {
 				t.Errorf("%d attachments after a second Attach, want 1", n)
 			}
-			if err := b.Remove(ctx, name); !errors.Is(err, backends.ErrInUse) || !strings.Contains(err.Error(), "host-a") {
+			if err := b.Remove(ctx, name); !errors.Is(err, sentinel.ErrInUse) || !strings.Contains(err.Error(), "host-a") {
 				t.Errorf("Remove of an attached volume = %v, want ErrInUse naming host-a", err)
 			}
 
@@ -283,7 +284,7 @@ func TestCloudPreempt(t *testing.T) {
 			targetA := iniA.lastAttached()
 
 			_, err := b.Attach(ctx, name, backends.AttachOptions{})
-			if !errors.Is(err, backends.ErrInUse) || !strings.Contains(err.Error(), "host-a") {
+			if !errors.Is(err, sentinel.ErrInUse) || !strings.Contains(err.Error(), "host-a") {
 				t.Fatalf("Attach on host B = %v, want ErrInUse naming host-a", err)
 			}
 			if cv := cinderVolume(t, a, name); cv.Status != "in-use" || cv.Metadata[claimUUIDKey] != a.hostUUID {
@@ -310,7 +311,7 @@ func TestCloudPreempt(t *testing.T) {
 			}
 
 			// Host A's attach is now refused (not silently taken back).
-			if _, err := a.Attach(ctx, name, backends.AttachOptions{}); !errors.Is(err, backends.ErrInUse) || !strings.Contains(err.Error(), "host-b") {
+			if _, err := a.Attach(ctx, name, backends.AttachOptions{}); !errors.Is(err, sentinel.ErrInUse) || !strings.Contains(err.Error(), "host-b") {
 				t.Errorf("Attach on host A after takeover = %v, want ErrInUse naming host-b", err)
 			}
 			// Host A's Detach logs out of its old target and leaves B alone;
@@ -366,7 +367,7 @@ func TestCloudPreemptNeedsAdmin(t *testing.T) {
 		if err := a.Detach(ctx, name); err != nil {
 			t.Error(err)
 		}
-		if err := a.Remove(ctx, name); err != nil && !errors.Is(err, backends.ErrNotFound) {
+		if err := a.Remove(ctx, name); err != nil && !errors.Is(err, sentinel.ErrNotFound) {
 			t.Error(err)
 		}
 	})
@@ -381,7 +382,7 @@ func TestCloudPreemptNeedsAdmin(t *testing.T) {
 		t.Logf("note: Cinder shows the attachment's host to this member user: %+v", cv.Attachments)
 	}
 	_, err := b.Attach(ctx, name, backends.AttachOptions{})
-	if !errors.Is(err, backends.ErrInUse) || !strings.Contains(err.Error(), "admin role") || !strings.Contains(err.Error(), "403") || !strings.Contains(err.Error(), "host-a") {
+	if !errors.Is(err, sentinel.ErrInUse) || !strings.Contains(err.Error(), "admin role") || !strings.Contains(err.Error(), "403") || !strings.Contains(err.Error(), "host-a") {
 		t.Fatalf("preempting Attach by a member = %v, want ErrInUse saying the admin role is needed", err)
 	}
 	t.Log(err)

@@ -15,6 +15,7 @@ import (
 	"github.com/gophercloud/gophercloud/v2/openstack/identity/v3/tokens"
 
 	"github.com/blockvol/blockvol/backends"
+	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
 // TestCloudAuthFailures: each way the login can fail against the real
@@ -58,7 +59,7 @@ func TestCloudAuthFailures(t *testing.T) {
 			}
 			t.Log(err)
 			_, gerr := b.Get(ctx, "bvtest-any")
-			if gerr == nil || errors.Is(gerr, backends.ErrNotFound) || !strings.Contains(gerr.Error(), tc.want) {
+			if gerr == nil || errors.Is(gerr, sentinel.ErrNotFound) || !strings.Contains(gerr.Error(), tc.want) {
 				t.Errorf("Get = %v, want %q and never ErrNotFound", gerr, tc.want)
 			}
 			if strings.Contains(err.Error(), "demopass") || strings.Contains(gerr.Error(), "demopass") {

@@ -11,6 +11,7 @@ import (
 	"github.com/gophercloud/gophercloud/v2/openstack/blockstorage/v3/volumes"
 
 	"github.com/blockvol/blockvol/backends"
+	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
 func TestCloudCreateGetListRemove(t *testing.T) {
@@ -77,7 +78,7 @@ func TestCloudCreateGetListRemove(t *testing.T) {
 		t.Errorf("after SetMeta: metadata %v: tag lost or old pieces left", md)
 	}
 
-	if _, err := b.Create(ctx, backends.CreateRequest{Name: name, SizeBytes: 1 << 30}); !errors.Is(err, backends.ErrExists) {
+	if _, err := b.Create(ctx, backends.CreateRequest{Name: name, SizeBytes: 1 << 30}); !errors.Is(err, sentinel.ErrExists) {
 		t.Errorf("second Create = %v, want ErrExists", err)
 	}
 	if n := countNamed(t, b, name); n != 1 {
@@ -89,10 +90,10 @@ func TestCloudCreateGetListRemove(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("remove took %s", time.Since(t0))
-	if _, err := b.Get(ctx, name); !errors.Is(err, backends.ErrNotFound) {
+	if _, err := b.Get(ctx, name); !errors.Is(err, sentinel.ErrNotFound) {
 		t.Errorf("Get after Remove = %v, want ErrNotFound", err)
 	}
-	if err := b.Remove(ctx, name); !errors.Is(err, backends.ErrNotFound) {
+	if err := b.Remove(ctx, name); !errors.Is(err, sentinel.ErrNotFound) {
 		t.Errorf("second Remove = %v, want ErrNotFound", err)
 	}
 }
@@ -130,10 +131,10 @@ func TestCloudCreateRefusals(t *testing.T) {
 			tc.req.Name = volName(t)
 			mustRemove(t, b, tc.req.Name)
 			_, err := b.Create(ctx, tc.req)
-			if !errors.Is(err, backends.ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
+			if !errors.Is(err, sentinel.ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("Create = %v, want ErrInvalid naming %q", err, tc.want)
 			}
-			if _, err := b.Get(ctx, tc.req.Name); !errors.Is(err, backends.ErrNotFound) {
+			if _, err := b.Get(ctx, tc.req.Name); !errors.Is(err, sentinel.ErrNotFound) {
 				t.Errorf("after refused Create: Get = %v, want ErrNotFound", err)
 			}
 		})
@@ -191,7 +192,7 @@ func TestCloudCreateRace(t *testing.T) {
 		switch {
 		case err == nil:
 			ok++
-		case errors.Is(err, backends.ErrExists):
+		case errors.Is(err, sentinel.ErrExists):
 		default:
 			t.Errorf("Create on host %d = %v", i, err)
 		}

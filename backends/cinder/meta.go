@@ -8,7 +8,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
-	"github.com/blockvol/blockvol/backends"
+	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
 // Metadata keys blockvol writes on a Cinder volume.
@@ -45,7 +45,7 @@ func encodeMeta(meta map[string]string) (map[string]string, error) {
 		return nil, err
 	}
 	if len(data) > maxMetaJSON {
-		return nil, fmt.Errorf("volume metadata of %d bytes exceeds the %d the cinder backend stores: %w", len(data), maxMetaJSON, backends.ErrInvalid)
+		return nil, fmt.Errorf("volume metadata of %d bytes exceeds the %d the cinder backend stores: %w", len(data), maxMetaJSON, sentinel.ErrInvalid)
 	}
 	s := string(data) // valid UTF-8: json.Marshal replaces invalid bytes
 	for i := 0; s != ""; i++ {

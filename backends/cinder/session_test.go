@@ -12,13 +12,14 @@ import (
 	"time"
 
 	"github.com/blockvol/blockvol/backends"
+	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
 func TestTokenExpiryReauthenticates(t *testing.T) {
 	f := newFakeCloud(t)
 	b, _ := unitBackend(t, f.config(), nil)
 	ctx := context.Background()
-	if _, err := b.Get(ctx, "v"); !errors.Is(err, backends.ErrNotFound) {
+	if _, err := b.Get(ctx, "v"); !errors.Is(err, sentinel.ErrNotFound) {
 		t.Fatalf("Get = %v, want ErrNotFound", err)
 	}
 	if n := f.issued(); n != 1 {
@@ -50,7 +51,7 @@ func TestTokenExpiryWithRefusedLogin(t *testing.T) {
 	f.password = "rotated"
 	f.mu.Unlock()
 	_, err := b.Get(context.Background(), "v")
-	if err == nil || errors.Is(err, backends.ErrNotFound) || !strings.Contains(err.Error(), "token expired") || !strings.Contains(err.Error(), "rejected the credentials") {
+	if err == nil || errors.Is(err, sentinel.ErrNotFound) || !strings.Contains(err.Error(), "token expired") || !strings.Contains(err.Error(), "rejected the credentials") {
 		t.Errorf("Get = %v, want a failed re-authentication, not ErrNotFound", err)
 	}
 }
@@ -65,7 +66,7 @@ func TestServerErrorsAreNotNotFound(t *testing.T) {
 			}
 			b, _ := unitBackend(t, f.config(), nil)
 			_, err := b.Get(context.Background(), "v")
-			if err == nil || errors.Is(err, backends.ErrNotFound) {
+			if err == nil || errors.Is(err, sentinel.ErrNotFound) {
 				t.Fatalf("Get = %v, want an outage error (never ErrNotFound)", err)
 			}
 			if !strings.Contains(err.Error(), fmt.Sprint(code)) || !strings.Contains(err.Error(), "backend exploded") {
@@ -97,7 +98,7 @@ func TestCinderTimeouts(t *testing.T) {
 	defer cancel()
 	t0 := time.Now()
 	_, err := b.Get(ctx, "v")
-	if err == nil || errors.Is(err, backends.ErrNotFound) || !errors.Is(err, context.DeadlineExceeded) {
+	if err == nil || errors.Is(err, sentinel.ErrNotFound) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Get = %v, want the deadline (never ErrNotFound)", err)
 	}
 	if d := time.Since(t0); d > 2*time.Second {
@@ -110,7 +111,7 @@ func TestCinderTimeouts(t *testing.T) {
 	b2, _ := unitBackend(t, cfg, nil)
 	t0 = time.Now()
 	_, err = b2.Get(context.Background(), "v")
-	if err == nil || errors.Is(err, backends.ErrNotFound) || !strings.Contains(err.Error(), "Timeout") {
+	if err == nil || errors.Is(err, sentinel.ErrNotFound) || !strings.Contains(err.Error(), "Timeout") {
 		t.Errorf("Get = %v, want a request timeout", err)
 	}
 	if d := time.Since(t0); d > 2*time.Second {
@@ -141,7 +142,7 @@ func TestKeystoneUnreachableThenBack(t *testing.T) {
 		func() error { _, err := b.Attach(context.Background(), "v", backends.AttachOptions{}); return err },
 	} {
 		err := call()
-		if err == nil || errors.Is(err, backends.ErrNotFound) || !strings.Contains(err.Error(), "cannot reach Keystone at http://"+addr) {
+		if err == nil || errors.Is(err, sentinel.ErrNotFound) || !strings.Contains(err.Error(), "cannot reach Keystone at http://"+addr) {
 			t.Errorf("call = %v, want \"cannot reach Keystone\"", err)
 		}
 	}
@@ -170,7 +171,7 @@ func TestWrongPassword(t *testing.T) {
 		t.Errorf("Check = %v, want the credentials refused", err)
 	}
 	_, gerr := b.Get(context.Background(), "v")
-	if gerr == nil || errors.Is(gerr, backends.ErrNotFound) {
+	if gerr == nil || errors.Is(gerr, sentinel.ErrNotFound) {
 		t.Errorf("Get = %v, want the login failure (never ErrNotFound)", gerr)
 	}
 	for _, s := range []string{err.Error(), gerr.Error(), logs.String()} {

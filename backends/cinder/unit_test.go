@@ -10,7 +10,7 @@ import (
 	"testing"
 	"unicode/utf8"
 
-	"github.com/blockvol/blockvol/backends"
+	"github.com/blockvol/blockvol/internal/sentinel"
 	"github.com/blockvol/blockvol/iscsi"
 )
 
@@ -63,7 +63,7 @@ func TestMetaDecodeErrors(t *testing.T) {
 	if got, err := decodeMeta(map[string]string{"blockvol": "1", metaPrefix + "x": "ignored", metaPrefix + "01": "ignored"}); err != nil || got != nil {
 		t.Errorf("decode of foreign keys = %v, %v", got, err)
 	}
-	if _, err := encodeMeta(map[string]string{"a": strings.Repeat("x", maxMetaJSON)}); !errors.Is(err, backends.ErrInvalid) {
+	if _, err := encodeMeta(map[string]string{"a": strings.Repeat("x", maxMetaJSON)}); !errors.Is(err, sentinel.ErrInvalid) {
 		t.Errorf("encode of a huge Meta = %v, want ErrInvalid", err)
 	}
 }

@@ -41,7 +41,7 @@
 // the target again if tgtd lost it (allowing the record's holder again, so
 // that its sessions can recover), and then looks for anyone else — the
 // record's holder, other initiator names on the target's ACL, other
-// initiators logged in. Anyone else is refused with backends.ErrInUse
+// initiators logged in. Anyone else is refused with sentinel.ErrInUse
 // naming them, unless AttachOptions.Preempt or Config.Preempt: then they
 // are fenced off first (removed from the ACL, their connections closed).
 // Then the record is claimed for this host and, only after that, this
@@ -77,6 +77,7 @@ import (
 	"time"
 
 	"github.com/blockvol/blockvol/backends"
+	"github.com/blockvol/blockvol/internal/sentinel"
 	"github.com/blockvol/blockvol/iscsi"
 )
 
@@ -240,15 +241,15 @@ func (b *Backend) Create(ctx context.Context, req backends.CreateRequest) (backe
 	dir, ok := b.pools[pool]
 	switch {
 	case !ok:
-		return backends.Volume{}, opErrf(op, name, "volume type %q is not one of this backend's pools (%s): %w", req.VolumeType, strings.Join(b.poolTypes, ", "), backends.ErrInvalid)
+		return backends.Volume{}, opErrf(op, name, "volume type %q is not one of this backend's pools (%s): %w", req.VolumeType, strings.Join(b.poolTypes, ", "), sentinel.ErrInvalid)
 	case req.IOPS != 0:
-		return backends.Volume{}, opErrf(op, name, "the iscsitarget backend does not support option IOPS (%d): %w", req.IOPS, backends.ErrInvalid)
+		return backends.Volume{}, opErrf(op, name, "the iscsitarget backend does not support option IOPS (%d): %w", req.IOPS, sentinel.ErrInvalid)
 	case req.AvailabilityZone != "":
-		return backends.Volume{}, opErrf(op, name, "the iscsitarget backend does not support option availability zone (%q): %w", req.AvailabilityZone, backends.ErrInvalid)
+		return backends.Volume{}, opErrf(op, name, "the iscsitarget backend does not support option availability zone (%q): %w", req.AvailabilityZone, sentinel.ErrInvalid)
 	case req.SizeBytes <= 0:
-		return backends.Volume{}, opErrf(op, name, "size %d: must be positive: %w", req.SizeBytes, backends.ErrInvalid)
+		return backends.Volume{}, opErrf(op, name, "size %d: must be positive: %w", req.SizeBytes, sentinel.ErrInvalid)
 	case req.SizeBytes%sectorSize != 0:
-		return backends.Volume{}, opErrf(op, name, "size %d: must be a multiple of %d bytes: %w", req.SizeBytes, sectorSize, backends.ErrInvalid)
+		return backends.Volume{}, opErrf(op, name, "size %d: must be a multiple of %d bytes: %w", req.SizeBytes, sectorSize, sentinel.ErrInvalid)
 	}
 	iqn, err := iqnFor(b.iqnPrefix, name)
 	if err != nil {
@@ -269,7 +270,7 @@ func (b *Backend) Create(ctx context.Context, req backends.CreateRequest) (backe
 		}
 		switch {
 		case f.volume():
-			return backends.ErrExists
+			return sentinel.ErrExists
 		case f.recErr != nil:
 			return fmt.Errorf("an unreadable record is in the way (%w); repair or remove it on the target host", f.recErr)
 		case f.rec != nil:
@@ -293,9 +294,9 @@ func (b *Backend) Create(ctx context.Context, req backends.CreateRequest) (backe
 			}
 			switch {
 			case !ours:
-				return fmt.Errorf("iSCSI target %s already exists on the target host, exporting %s: %w", iqn, old.file, backends.ErrExists)
+				return fmt.Errorf("iSCSI target %s already exists on the target host, exporting %s: %w", iqn, old.file, sentinel.ErrExists)
 			case len(old.sessions) > 0:
-				return fmt.Errorf("a leftover iSCSI target %s of an interrupted operation still has initiator %s logged in: %w", iqn, strings.Join(old.connected(), ", "), backends.ErrInUse)
+				return fmt.Errorf("a leftover iSCSI target %s of an interrupted operation still has initiator %s logged in: %w", iqn, strings.Join(old.connected(), ", "), sentinel.ErrInUse)
 			}
 			log.Warn("removing leftover iSCSI target of an interrupted operation", slog.String("target", iqn))
 			if err := b.sw.unexport(ctx, old); err != nil {
@@ -430,7 +431,7 @@ func (b *Backend) Remove(ctx context.Context, name string) error {
 			return err
 		}
 		if a := f.rec.Attached; a != nil {
-			return fmt.Errorf("host %s has it attached since %s; unmount it there first: %w", a, a.Since.Format(time.RFC3339), backends.ErrInUse)
+			return fmt.Errorf("host %s has it attached since %s; unmount it there first: %w", a, a.Since.Format(time.RFC3339), sentinel.ErrInUse)
 		}
 		exports, err := b.sw.list(ctx)
 		if err != nil {
@@ -439,7 +440,7 @@ func (b *Backend) Remove(ctx context.Context, name string) error {
 		img := b.imagePath(f.recDir, name)
 		if e := exports[f.rec.IQN]; e != nil {
 			if in := e.connected(); len(in) > 0 {
-				return fmt.Errorf("initiator %s is still logged in to its iSCSI target %s: %w", strings.Join(in, ", "), e.iqn, backends.ErrInUse)
+				return fmt.Errorf("initiator %s is still logged in to its iSCSI target %s: %w", strings.Join(in, ", "), e.iqn, sentinel.ErrInUse)
 			}
 			if e.file == img || e.file == "" {
 				if err := b.sw.unexport(ctx, e); err != nil {
@@ -491,7 +492,7 @@ func (b *Backend) Attach(ctx context.Context, name string, opts backends.AttachO
 		if holder != nil || len(acl) > 0 || len(sessions) > 0 {
 			what := describeOthers(holder, acl, sessions)
 			if !preempt {
-				return fmt.Errorf("%s; detach it there first, or take it over with the preempt option (which fences that host off): %w", what, backends.ErrInUse)
+				return fmt.Errorf("%s; detach it there first, or take it over with the preempt option (which fences that host off): %w", what, sentinel.ErrInUse)
 			}
 			log.Warn("preempting: fencing off the other host", slog.String("other", what))
 			if err := b.fence(ctx, e, holder, acl, sessions); err != nil {
@@ -708,7 +709,7 @@ func (b *Backend) Detach(ctx context.Context, name string) error {
 		return opErr(op, name, err)
 	}
 	f, err := b.load(ctx, name)
-	if errors.Is(err, backends.ErrNotFound) {
+	if errors.Is(err, sentinel.ErrNotFound) {
 		return nil
 	}
 	if err != nil {
@@ -719,7 +720,7 @@ func (b *Backend) Detach(ctx context.Context, name string) error {
 	}
 	err = b.withLock(ctx, op, name, func(ctx context.Context) error {
 		err := b.release(ctx, name, me)
-		if errors.Is(err, backends.ErrNotFound) {
+		if errors.Is(err, sentinel.ErrNotFound) {
 			return nil
 		}
 		return err

@@ -11,6 +11,7 @@ import (
 
 	"github.com/blockvol/blockvol/backends"
 	"github.com/blockvol/blockvol/hostexec"
+	"github.com/blockvol/blockvol/internal/sentinel"
 	"github.com/blockvol/blockvol/iscsi"
 )
 
@@ -77,12 +78,12 @@ func TestCreateRefusals(t *testing.T) {
 		want string
 		is   error
 	}{
-		{backends.CreateRequest{Name: "v", SizeBytes: gib, VolumeType: "gold"}, `volume type "gold" is not one of this backend's pools (default, ssd)`, backends.ErrInvalid},
-		{backends.CreateRequest{Name: "v", SizeBytes: gib, IOPS: 100}, "does not support option IOPS", backends.ErrInvalid},
-		{backends.CreateRequest{Name: "v", SizeBytes: 1000}, "multiple of 512", backends.ErrInvalid},
-		{backends.CreateRequest{Name: "v", SizeBytes: 0}, "must be positive", backends.ErrInvalid},
-		{backends.CreateRequest{Name: "../x", SizeBytes: gib}, "contains '/'", backends.ErrInvalid},
-		{backends.CreateRequest{Name: strings.Repeat("a", 200), SizeBytes: gib}, "too long for an iSCSI target name", backends.ErrInvalid},
+		{backends.CreateRequest{Name: "v", SizeBytes: gib, VolumeType: "gold"}, `volume type "gold" is not one of this backend's pools (default, ssd)`, sentinel.ErrInvalid},
+		{backends.CreateRequest{Name: "v", SizeBytes: gib, IOPS: 100}, "does not support option IOPS", sentinel.ErrInvalid},
+		{backends.CreateRequest{Name: "v", SizeBytes: 1000}, "multiple of 512", sentinel.ErrInvalid},
+		{backends.CreateRequest{Name: "v", SizeBytes: 0}, "must be positive", sentinel.ErrInvalid},
+		{backends.CreateRequest{Name: "../x", SizeBytes: gib}, "contains '/'", sentinel.ErrInvalid},
+		{backends.CreateRequest{Name: strings.Repeat("a", 200), SizeBytes: gib}, "too long for an iSCSI target name", sentinel.ErrInvalid},
 	} {
 		e := newEnv(t, nil) // no command may run
 		_, err := e.b.Create(ctx, tc.req)
@@ -98,7 +99,7 @@ func TestCreateExisting(t *testing.T) {
 		scanCall("v1", vol(ssdDir, rec("v1"))), // a name is unique across pools
 	)
 	_, err := e.b.Create(ctx, backends.CreateRequest{Name: "v1", SizeBytes: gib})
-	if !errors.Is(err, backends.ErrExists) {
+	if !errors.Is(err, sentinel.ErrExists) {
 		t.Fatalf("Create of an existing name = %v", err)
 	}
 }
@@ -131,7 +132,7 @@ func TestCreateRefusesForeignTargetWithTheSameIQN(t *testing.T) {
 		showCall(target{tid: 5, iqn: testPrefix + ":v1", file: "/dev/vg0/lv1"}),
 	)
 	_, err := e.b.Create(ctx, backends.CreateRequest{Name: "v1", SizeBytes: gib})
-	if !errors.Is(err, backends.ErrExists) || !strings.Contains(err.Error(), "exporting /dev/vg0/lv1") {
+	if !errors.Is(err, sentinel.ErrExists) || !strings.Contains(err.Error(), "exporting /dev/vg0/lv1") {
 		t.Fatalf("Create = %v", err)
 	}
 }
@@ -161,7 +162,7 @@ func TestCreateSizeRefusedByTheFileSystem(t *testing.T) {
 		hostexec.Call{Argv: helperArgv("create", poolDir+"/v1.img", "1073741824"), Code: 5, Stderr: "truncate: failed to truncate '/srv/pool/v1.img' at 1073741824 bytes: File too large\n"},
 	)
 	_, err := e.b.Create(ctx, backends.CreateRequest{Name: "v1", SizeBytes: gib})
-	if !errors.Is(err, backends.ErrInvalid) || !strings.Contains(err.Error(), "File too large") {
+	if !errors.Is(err, sentinel.ErrInvalid) || !strings.Contains(err.Error(), "File too large") {
 		t.Fatalf("Create = %v", err)
 	}
 }
@@ -251,7 +252,7 @@ func TestAttachRefusedWhileAnotherHostHasIt(t *testing.T) {
 		showCall(x),
 	)
 	_, err := e.b.Attach(ctx, "v1", backends.AttachOptions{})
-	if !errors.Is(err, backends.ErrInUse) {
+	if !errors.Is(err, sentinel.ErrInUse) {
 		t.Fatalf("Attach = %v; want ErrInUse", err)
 	}
 	for _, want := range []string{"host node2 (initiator " + other + ") has it attached since", "preempt"} {
@@ -276,7 +277,7 @@ func TestAttachRefusedForAStrangerOnTheACL(t *testing.T) {
 		showCall(x),
 	)
 	_, err := e.b.Attach(ctx, "v1", backends.AttachOptions{})
-	if !errors.Is(err, backends.ErrInUse) || !strings.Contains(err.Error(), "initiator 192.0.2.66, iqn.2000-01.stranger:x may use its iSCSI target") {
+	if !errors.Is(err, sentinel.ErrInUse) || !strings.Contains(err.Error(), "initiator 192.0.2.66, iqn.2000-01.stranger:x may use its iSCSI target") {
 		t.Fatalf("Attach = %v", err)
 	}
 }
@@ -328,7 +329,7 @@ func TestAttachExportsAgainAfterATgtdRestart(t *testing.T) {
 		tgtCall("--mode", "target", "--op", "bind", "--tid", "1", "--initiator-name", other),
 	)
 	_, err := e.b.Attach(ctx, "v1", backends.AttachOptions{})
-	if !errors.Is(err, backends.ErrInUse) || !strings.Contains(err.Error(), "node2") {
+	if !errors.Is(err, sentinel.ErrInUse) || !strings.Contains(err.Error(), "node2") {
 		t.Fatalf("Attach = %v", err)
 	}
 }
@@ -476,7 +477,7 @@ func TestRemoveRefusals(t *testing.T) {
 			scanCall("v1", vol(poolDir, attachedTo(rec("v1"), "node2", other))),
 		)
 		err := e.b.Remove(ctx, "v1")
-		if !errors.Is(err, backends.ErrInUse) || !strings.Contains(err.Error(), "host node2 (initiator "+other+") has it attached") {
+		if !errors.Is(err, sentinel.ErrInUse) || !strings.Contains(err.Error(), "host node2 (initiator "+other+") has it attached") {
 			t.Fatalf("Remove = %v", err)
 		}
 	})
@@ -489,13 +490,13 @@ func TestRemoveRefusals(t *testing.T) {
 			showCall(x),
 		)
 		err := e.b.Remove(ctx, "v1")
-		if !errors.Is(err, backends.ErrInUse) || !strings.Contains(err.Error(), "initiator "+other+" is still logged in") {
+		if !errors.Is(err, sentinel.ErrInUse) || !strings.Contains(err.Error(), "initiator "+other+" is still logged in") {
 			t.Fatalf("Remove = %v", err)
 		}
 	})
 	t.Run("missing", func(t *testing.T) {
 		e := newEnv(t, nil, lockCall("remove", "v1"), scanCall("v1"))
-		if err := e.b.Remove(ctx, "v1"); !errors.Is(err, backends.ErrNotFound) {
+		if err := e.b.Remove(ctx, "v1"); !errors.Is(err, sentinel.ErrNotFound) {
 			t.Fatalf("Remove = %v", err)
 		}
 	})
@@ -540,14 +541,14 @@ func TestGetNotFoundOnlyWhenReallyAbsent(t *testing.T) {
 		scanCall("v1", []item{recItem(poolDir, rec("v1"))}),
 		scanCall("v1", []item{imgItem(poolDir, "v1")}),
 	)
-	if _, err := e.b.Get(ctx, "v1"); !errors.Is(err, backends.ErrNotFound) {
+	if _, err := e.b.Get(ctx, "v1"); !errors.Is(err, sentinel.ErrNotFound) {
 		t.Fatalf("Get of nothing = %v", err)
 	}
-	if _, err := e.b.Get(ctx, "v1"); err == nil || errors.Is(err, backends.ErrNotFound) || !strings.Contains(err.Error(), "pool directory /srv/ssd does not exist on the target host") {
+	if _, err := e.b.Get(ctx, "v1"); err == nil || errors.Is(err, sentinel.ErrNotFound) || !strings.Contains(err.Error(), "pool directory /srv/ssd does not exist on the target host") {
 		t.Fatalf("Get with a missing pool = %v", err)
 	}
 	for range 2 {
-		if _, err := e.b.Get(ctx, "v1"); !errors.Is(err, backends.ErrNotFound) {
+		if _, err := e.b.Get(ctx, "v1"); !errors.Is(err, sentinel.ErrNotFound) {
 			t.Fatalf("Get of debris = %v", err)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/blockvol/blockvol/backends"
+	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
 const (
@@ -43,7 +44,7 @@ func iqnFor(prefix, name string) (string, error) {
 	}
 	iqn := prefix + ":" + suffix
 	if len(iqn) > maxIQNLen {
-		return "", fmt.Errorf("volume name %q is too long for an iSCSI target name (%s) of at most %d bytes: %w", name, iqn, maxIQNLen, backends.ErrInvalid)
+		return "", fmt.Errorf("volume name %q is too long for an iSCSI target name (%s) of at most %d bytes: %w", name, iqn, maxIQNLen, sentinel.ErrInvalid)
 	}
 	return iqn, nil
 }

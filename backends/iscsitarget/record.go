@@ -8,8 +8,8 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/blockvol/blockvol/backends"
 	"github.com/blockvol/blockvol/hostexec"
+	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
 // helperScript is run on the target host for every file operation; see
@@ -138,7 +138,7 @@ func (b *Backend) scan(ctx context.Context, name string) (map[string]*found, err
 }
 
 // load returns the record of an existing volume, or an error wrapping
-// backends.ErrNotFound.
+// sentinel.ErrNotFound.
 func (b *Backend) load(ctx context.Context, name string) (*found, error) {
 	all, err := b.scan(ctx, name)
 	if err != nil {
@@ -147,14 +147,14 @@ func (b *Backend) load(ctx context.Context, name string) (*found, error) {
 	f := all[name]
 	switch {
 	case f == nil:
-		return nil, backends.ErrNotFound
+		return nil, sentinel.ErrNotFound
 	case f.recErr != nil:
 		return nil, f.recErr
 	case f.rec == nil:
-		return nil, backends.ErrNotFound // a leftover backing file only
+		return nil, sentinel.ErrNotFound // a leftover backing file only
 	case !f.volume():
 		b.log.Warn("hiding volume whose backing file is missing", "volume", name, "record", b.recordPath(f.recDir, name))
-		return nil, fmt.Errorf("backing file %s missing: %w", b.imagePath(f.recDir, name), backends.ErrNotFound)
+		return nil, fmt.Errorf("backing file %s missing: %w", b.imagePath(f.recDir, name), sentinel.ErrNotFound)
 	}
 	return f, nil
 }
@@ -179,9 +179,9 @@ func (b *Backend) createImage(ctx context.Context, path string, size int64) erro
 	}
 	switch hostexec.ExitCode(err) {
 	case helperExists:
-		return fmt.Errorf("backing file %s appeared concurrently: %w", path, backends.ErrExists)
+		return fmt.Errorf("backing file %s appeared concurrently: %w", path, sentinel.ErrExists)
 	case helperSizeError:
-		return fmt.Errorf("the target host's file system refused size %d for %s: %w: %w", size, path, err, backends.ErrInvalid)
+		return fmt.Errorf("the target host's file system refused size %d for %s: %w: %w", size, path, err, sentinel.ErrInvalid)
 	}
 	return fmt.Errorf("create backing file %s on the target host: %w", path, err)
 }

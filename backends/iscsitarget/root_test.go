@@ -19,6 +19,7 @@ import (
 	"github.com/blockvol/blockvol/backends/iscsitarget/internal/testsrv"
 	"github.com/blockvol/blockvol/backends/iscsitarget/sshhost"
 	"github.com/blockvol/blockvol/hostexec"
+	"github.com/blockvol/blockvol/internal/sentinel"
 	"github.com/blockvol/blockvol/internal/testenv"
 	"github.com/blockvol/blockvol/iscsi"
 )
@@ -184,7 +185,7 @@ func TestRealCreateAttachDetachRemove(t *testing.T) {
 	if err != nil || got.Status["attached_to"] != "node-a (initiator "+initA+")" || got.Meta["fstype"] != "xfs" {
 		t.Fatalf("Get = %+v, %v", got, err)
 	}
-	if err := a.b.Remove(ctx, "v1"); !errors.Is(err, backends.ErrInUse) || !strings.Contains(err.Error(), "node-a") {
+	if err := a.b.Remove(ctx, "v1"); !errors.Is(err, sentinel.ErrInUse) || !strings.Contains(err.Error(), "node-a") {
 		t.Fatalf("Remove of an attached volume = %v", err)
 	}
 
@@ -206,7 +207,7 @@ func TestRealCreateAttachDetachRemove(t *testing.T) {
 			t.Fatalf("%s still there after Remove: %v", f, err)
 		}
 	}
-	if _, err := a.b.Get(ctx, "v1"); !errors.Is(err, backends.ErrNotFound) {
+	if _, err := a.b.Get(ctx, "v1"); !errors.Is(err, sentinel.ErrNotFound) {
 		t.Fatalf("Get after Remove = %v", err)
 	}
 }
@@ -259,11 +260,11 @@ func TestRealSecondHostIsRefusedThenPreempts(t *testing.T) {
 	inUse := r.startSession(initA, iqn) // node-a writes to the volume
 
 	_, err := b.b.Attach(ctx, "shared", backends.AttachOptions{})
-	if !errors.Is(err, backends.ErrInUse) || !strings.Contains(err.Error(), "host node-a (initiator "+initA+") has it attached since") {
+	if !errors.Is(err, sentinel.ErrInUse) || !strings.Contains(err.Error(), "host node-a (initiator "+initA+") has it attached since") {
 		t.Fatalf("Attach on node-b = %v; want ErrInUse naming node-a", err)
 	}
 	t.Logf("refusal as users see it: %v", err)
-	if err := b.b.Remove(ctx, "shared"); !errors.Is(err, backends.ErrInUse) || !strings.Contains(err.Error(), "node-a") {
+	if err := b.b.Remove(ctx, "shared"); !errors.Is(err, sentinel.ErrInUse) || !strings.Contains(err.Error(), "node-a") {
 		t.Fatalf("Remove on node-b = %v", err)
 	}
 	if acl := r.acl(iqn); !reflect.DeepEqual(acl, []string{initA}) {
@@ -297,7 +298,7 @@ func TestRealSecondHostIsRefusedThenPreempts(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.wantCapacity(initB, iqn, 8*mib)
-	if _, err := a.b.Attach(ctx, "shared", backends.AttachOptions{}); !errors.Is(err, backends.ErrInUse) || !strings.Contains(err.Error(), "node-b") {
+	if _, err := a.b.Attach(ctx, "shared", backends.AttachOptions{}); !errors.Is(err, sentinel.ErrInUse) || !strings.Contains(err.Error(), "node-b") {
 		t.Fatalf("node-a attaching again = %v", err)
 	}
 	if err := b.b.Detach(ctx, "shared"); err != nil {
@@ -341,7 +342,7 @@ func TestRealAttachRaceHasOneWinner(t *testing.T) {
 		}
 		wins[w]++
 		winner := agents[w].b.hostName
-		if !errors.Is(errs[l], backends.ErrInUse) || !strings.Contains(errs[l].Error(), "host "+winner+" (initiator "+agents[w].ini.name+")") {
+		if !errors.Is(errs[l], sentinel.ErrInUse) || !strings.Contains(errs[l].Error(), "host "+winner+" (initiator "+agents[w].ini.name+")") {
 			t.Fatalf("round %d: the loser's error %v does not name %s", round, errs[l], winner)
 		}
 		if acl := r.acl(iqn); !reflect.DeepEqual(acl, []string{agents[w].ini.name}) {
@@ -383,7 +384,7 @@ func TestRealCreateRaceHasOneWinner(t *testing.T) {
 		if errs[1] != nil {
 			l = 1
 		}
-		if !errors.Is(errs[l], backends.ErrExists) {
+		if !errors.Is(errs[l], sentinel.ErrExists) {
 			t.Fatalf("round %d: loser's error %v; want ErrExists", round, errs[l])
 		}
 		v, err := agents[l].b.Get(ctx, name)
@@ -426,7 +427,7 @@ func TestRealTgtdRestartExportsAgainAtAttach(t *testing.T) {
 		t.Fatal("LUN readable though tgtd lost the target")
 	}
 	// Another host's attempt exports it again for its holder, and is refused.
-	if _, err := b.b.Attach(ctx, "kept", backends.AttachOptions{}); !errors.Is(err, backends.ErrInUse) {
+	if _, err := b.b.Attach(ctx, "kept", backends.AttachOptions{}); !errors.Is(err, sentinel.ErrInUse) {
 		t.Fatalf("node-b Attach = %v", err)
 	}
 	r.wantCapacity(initA, kept, 4*mib)
@@ -584,7 +585,7 @@ func TestRealOverSSH(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.wantCapacity(initA, iqn, 16*mib)
-	if _, err := b.b.Attach(cctx, "remote", backends.AttachOptions{}); !errors.Is(err, backends.ErrInUse) || !strings.Contains(err.Error(), "node-a") {
+	if _, err := b.b.Attach(cctx, "remote", backends.AttachOptions{}); !errors.Is(err, sentinel.ErrInUse) || !strings.Contains(err.Error(), "node-a") {
 		t.Fatalf("node-b Attach over SSH = %v", err)
 	}
 	if _, err := b.b.Attach(cctx, "remote", backends.AttachOptions{Preempt: true}); err != nil {
@@ -647,11 +648,11 @@ func TestRealOverSSH(t *testing.T) {
 	defer bad.Close()
 	c := r.agent(bad, "node-c", "iqn.2024-01.org.blockvol.test.host:c", false, nil)
 	_, err = c.b.Create(cctx, backends.CreateRequest{Name: "never", SizeBytes: mib})
-	if err == nil || !strings.Contains(err.Error(), "host key mismatch") || errors.Is(err, backends.ErrNotFound) {
+	if err == nil || !strings.Contains(err.Error(), "host key mismatch") || errors.Is(err, sentinel.ErrNotFound) {
 		t.Fatalf("Create through a wrong host key = %v", err)
 	}
 	t.Logf("as users see it: %v", err)
-	if _, err := c.b.Get(cctx, "anything"); err == nil || errors.Is(err, backends.ErrNotFound) {
+	if _, err := c.b.Get(cctx, "anything"); err == nil || errors.Is(err, sentinel.ErrNotFound) {
 		t.Fatalf("Get through a wrong host key = %v; must not be 'not found'", err)
 	}
 }

@@ -94,6 +94,7 @@ import (
 	"github.com/blockvol/blockvol/backends"
 	"github.com/blockvol/blockvol/hostexec"
 	"github.com/blockvol/blockvol/internal/keyedlock"
+	"github.com/blockvol/blockvol/internal/sentinel"
 	"github.com/blockvol/blockvol/state"
 )
 
@@ -221,7 +222,7 @@ func (b *Backend) Create(ctx context.Context, req backends.CreateRequest) (backe
 	}
 	img := b.imgPath(name)
 	if err := b.makeImage(img, req.SizeBytes); err != nil {
-		if !errors.Is(err, backends.ErrExists) { // not ours to remove then
+		if !errors.Is(err, sentinel.ErrExists) { // not ours to remove then
 			if rerr := state.RemoveFile(img); rerr != nil {
 				log.Error("cannot remove image of failed create", slog.String("image", img), slog.Any("error", rerr))
 			}
@@ -244,15 +245,15 @@ func checkCreate(req backends.CreateRequest) error {
 	}
 	switch {
 	case req.VolumeType != "":
-		return fmt.Errorf("the loop backend does not support option volume type (%q): %w", req.VolumeType, backends.ErrInvalid)
+		return fmt.Errorf("the loop backend does not support option volume type (%q): %w", req.VolumeType, sentinel.ErrInvalid)
 	case req.IOPS != 0:
-		return fmt.Errorf("the loop backend does not support option IOPS (%d): %w", req.IOPS, backends.ErrInvalid)
+		return fmt.Errorf("the loop backend does not support option IOPS (%d): %w", req.IOPS, sentinel.ErrInvalid)
 	case req.AvailabilityZone != "":
-		return fmt.Errorf("the loop backend does not support option availability zone (%q): %w", req.AvailabilityZone, backends.ErrInvalid)
+		return fmt.Errorf("the loop backend does not support option availability zone (%q): %w", req.AvailabilityZone, sentinel.ErrInvalid)
 	case req.SizeBytes <= 0:
-		return fmt.Errorf("size %d: must be positive: %w", req.SizeBytes, backends.ErrInvalid)
+		return fmt.Errorf("size %d: must be positive: %w", req.SizeBytes, sentinel.ErrInvalid)
 	case req.SizeBytes%sectorSize != 0:
-		return fmt.Errorf("size %d: must be a multiple of %d bytes: %w", req.SizeBytes, sectorSize, backends.ErrInvalid)
+		return fmt.Errorf("size %d: must be a multiple of %d bytes: %w", req.SizeBytes, sectorSize, sentinel.ErrInvalid)
 	}
 	return nil
 }
@@ -275,7 +276,7 @@ func (b *Backend) clearDebris(log *slog.Logger, name string) error {
 	}
 	switch {
 	case recOK && imgOK:
-		return backends.ErrExists
+		return sentinel.ErrExists
 	case recOK:
 		log.Warn("replacing a record whose image is missing", slog.String("record", rec))
 		return state.RemoveFile(rec)
@@ -286,7 +287,7 @@ func (b *Backend) clearDebris(log *slog.Logger, name string) error {
 		}
 		if len(devs) > 0 {
 			return fmt.Errorf("leftover image %s without a record is still attached to %s: %w",
-				img, strings.Join(devs, ", "), backends.ErrInUse)
+				img, strings.Join(devs, ", "), sentinel.ErrInUse)
 		}
 		log.Warn("removing leftover image of an interrupted operation", slog.String("image", img))
 		return state.RemoveFile(img)
@@ -301,7 +302,7 @@ func (b *Backend) clearDebris(log *slog.Logger, name string) error {
 func (b *Backend) makeImage(img string, size int64) error {
 	f, err := os.OpenFile(img, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
 	if errors.Is(err, fs.ErrExist) {
-		return fmt.Errorf("image %s appeared concurrently: %w", img, backends.ErrExists)
+		return fmt.Errorf("image %s appeared concurrently: %w", img, sentinel.ErrExists)
 	}
 	if err != nil {
 		return err
@@ -309,7 +310,7 @@ func (b *Backend) makeImage(img string, size int64) error {
 	if err := f.Truncate(size); err != nil {
 		f.Close()
 		if errors.Is(err, unix.EFBIG) || errors.Is(err, unix.EINVAL) {
-			err = fmt.Errorf("size %d not supported by the file system of %s: %w: %w", size, b.dir, err, backends.ErrInvalid)
+			err = fmt.Errorf("size %d not supported by the file system of %s: %w: %w", size, b.dir, err, sentinel.ErrInvalid)
 		}
 		return err
 	}
@@ -505,14 +506,14 @@ func (b *Backend) Remove(ctx context.Context, name string) error {
 		return opErr(op, name, err)
 	}
 	if !recOK || !imgOK {
-		return opErr(op, name, backends.ErrNotFound)
+		return opErr(op, name, sentinel.ErrNotFound)
 	}
 	devs, err := b.waitDetached(ctx, img)
 	if err != nil {
 		return opErr(op, name, err)
 	}
 	if len(devs) > 0 {
-		return opErrf(op, name, "attached to %s: %w", strings.Join(devs, ", "), backends.ErrInUse)
+		return opErrf(op, name, "attached to %s: %w", strings.Join(devs, ", "), sentinel.ErrInUse)
 	}
 	// The record first: from here on the volume does not exist, and a
 	// crash leaves at worst an invisible image that Create and New clear.
@@ -633,7 +634,7 @@ func (b *Backend) Detach(ctx context.Context, name string) error {
 func (b *Backend) load(name string) (record, error) {
 	r, err := b.readRecord(name)
 	if errors.Is(err, fs.ErrNotExist) {
-		return record{}, backends.ErrNotFound
+		return record{}, sentinel.ErrNotFound
 	}
 	ok, ierr := isRegular(b.imgPath(name))
 	if ierr != nil {
@@ -641,7 +642,7 @@ func (b *Backend) load(name string) (record, error) {
 	}
 	if !ok {
 		b.log.Warn("hiding volume whose image is missing", slog.String("volume", name))
-		return record{}, fmt.Errorf("image %s missing: %w", b.imgPath(name), backends.ErrNotFound)
+		return record{}, fmt.Errorf("image %s missing: %w", b.imgPath(name), sentinel.ErrNotFound)
 	}
 	if err != nil {
 		return b.damaged(name, err)

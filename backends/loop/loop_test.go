@@ -15,6 +15,7 @@ import (
 
 	"github.com/blockvol/blockvol/backends"
 	"github.com/blockvol/blockvol/hostexec"
+	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
 const mib = 1 << 20
@@ -214,13 +215,13 @@ func TestRoundTrip(t *testing.T) {
 	if exists(t, e.img("vol1")) || exists(t, e.json("vol1")) {
 		t.Error("files left after Remove")
 	}
-	if _, err := e.b.Get(ctx, "vol1"); !errors.Is(err, backends.ErrNotFound) {
+	if _, err := e.b.Get(ctx, "vol1"); !errors.Is(err, sentinel.ErrNotFound) {
 		t.Errorf("Get after Remove: %v, want ErrNotFound", err)
 	}
-	if err := e.b.Remove(ctx, "vol1"); !errors.Is(err, backends.ErrNotFound) {
+	if err := e.b.Remove(ctx, "vol1"); !errors.Is(err, sentinel.ErrNotFound) {
 		t.Errorf("second Remove: %v, want ErrNotFound", err)
 	}
-	if err := e.b.SetMeta(ctx, "vol1", nil); !errors.Is(err, backends.ErrNotFound) {
+	if err := e.b.SetMeta(ctx, "vol1", nil); !errors.Is(err, sentinel.ErrNotFound) {
 		t.Errorf("SetMeta after Remove: %v, want ErrNotFound", err)
 	}
 	if list, err := e.b.List(ctx); err != nil || len(list) != 0 {
@@ -262,7 +263,7 @@ func TestCreateTwice(t *testing.T) {
 	e := newEnv(t)
 	e.create("dup", 4096, map[string]string{"first": "yes"})
 	_, err := e.b.Create(context.Background(), backends.CreateRequest{Name: "dup", SizeBytes: 8192})
-	if !errors.Is(err, backends.ErrExists) {
+	if !errors.Is(err, sentinel.ErrExists) {
 		t.Fatalf("second Create: %v, want ErrExists", err)
 	}
 	if !strings.Contains(err.Error(), `"dup"`) {
@@ -295,7 +296,7 @@ func TestCreateInvalid(t *testing.T) {
 			e := newEnv(t)
 			tc.req.Name = "v"
 			_, err := e.b.Create(context.Background(), tc.req)
-			if !errors.Is(err, backends.ErrInvalid) {
+			if !errors.Is(err, sentinel.ErrInvalid) {
 				t.Fatalf("Create: %v, want ErrInvalid", err)
 			}
 			if !strings.Contains(err.Error(), tc.msg) || !strings.Contains(err.Error(), `"v"`) {
@@ -410,7 +411,7 @@ func TestAttachBadOutput(t *testing.T) {
 
 func TestAttachMissing(t *testing.T) {
 	e := newEnv(t)
-	if _, err := e.b.Attach(context.Background(), "nope", backends.AttachOptions{}); !errors.Is(err, backends.ErrNotFound) {
+	if _, err := e.b.Attach(context.Background(), "nope", backends.AttachOptions{}); !errors.Is(err, sentinel.ErrNotFound) {
 		t.Errorf("Attach: %v, want ErrNotFound", err)
 	}
 }
@@ -478,7 +479,7 @@ func TestRemoveAttached(t *testing.T) {
 	e.create("v", 4096, nil)
 	e.bind(6, e.img("v"))
 	err := e.b.Remove(context.Background(), "v")
-	if !errors.Is(err, backends.ErrInUse) {
+	if !errors.Is(err, sentinel.ErrInUse) {
 		t.Fatalf("Remove: %v, want ErrInUse", err)
 	}
 	if !strings.Contains(err.Error(), "/dev/loop6") {
@@ -516,7 +517,7 @@ func TestRemoveAutoclearNeverClears(t *testing.T) {
 	e.bind(6, e.img("v"))
 	e.setAutoclear(6) // still mounted somewhere: stays
 	start := time.Now()
-	if err := e.b.Remove(context.Background(), "v"); !errors.Is(err, backends.ErrInUse) {
+	if err := e.b.Remove(context.Background(), "v"); !errors.Is(err, sentinel.ErrInUse) {
 		t.Fatalf("Remove: %v, want ErrInUse", err)
 	}
 	if d := time.Since(start); d < e.b.removeGrace {
@@ -537,13 +538,13 @@ func TestLeftoverImageWithoutRecord(t *testing.T) {
 	if list, err := e.b.List(ctx); err != nil || len(list) != 0 {
 		t.Errorf("List = %v, %v; want nothing", list, err)
 	}
-	if _, err := e.b.Get(ctx, "crashed"); !errors.Is(err, backends.ErrNotFound) {
+	if _, err := e.b.Get(ctx, "crashed"); !errors.Is(err, sentinel.ErrNotFound) {
 		t.Errorf("Get: %v, want ErrNotFound", err)
 	}
-	if _, err := e.b.Attach(ctx, "crashed", backends.AttachOptions{}); !errors.Is(err, backends.ErrNotFound) {
+	if _, err := e.b.Attach(ctx, "crashed", backends.AttachOptions{}); !errors.Is(err, sentinel.ErrNotFound) {
 		t.Errorf("Attach: %v, want ErrNotFound", err)
 	}
-	if err := e.b.Remove(ctx, "crashed"); !errors.Is(err, backends.ErrNotFound) {
+	if err := e.b.Remove(ctx, "crashed"); !errors.Is(err, sentinel.ErrNotFound) {
 		t.Errorf("Remove: %v, want ErrNotFound", err)
 	}
 	e.create("crashed", 8192, nil)
@@ -573,7 +574,7 @@ func TestLeftoverImageAttached(t *testing.T) {
 	}
 	e.bind(1, e.img("x"))
 	_, err := e.b.Create(context.Background(), backends.CreateRequest{Name: "x", SizeBytes: 4096})
-	if !errors.Is(err, backends.ErrInUse) {
+	if !errors.Is(err, sentinel.ErrInUse) {
 		t.Fatalf("Create over an attached leftover image: %v, want ErrInUse", err)
 	}
 	if !exists(t, e.img("x")) || exists(t, e.json("x")) {
@@ -591,10 +592,10 @@ func TestRecordWithoutImage(t *testing.T) {
 	if list, err := e.b.List(ctx); err != nil || len(list) != 0 {
 		t.Errorf("List = %v, %v; want nothing", list, err)
 	}
-	if _, err := e.b.Get(ctx, "v"); !errors.Is(err, backends.ErrNotFound) {
+	if _, err := e.b.Get(ctx, "v"); !errors.Is(err, sentinel.ErrNotFound) {
 		t.Errorf("Get: %v, want ErrNotFound", err)
 	}
-	if err := e.b.Remove(ctx, "v"); !errors.Is(err, backends.ErrNotFound) {
+	if err := e.b.Remove(ctx, "v"); !errors.Is(err, sentinel.ErrNotFound) {
 		t.Errorf("Remove: %v, want ErrNotFound", err)
 	}
 	e.create("v", 8192, nil)
@@ -721,7 +722,7 @@ func TestDamagedRecordDoesNotBlockTheVolume(t *testing.T) {
 				t.Errorf("Get Status %v: want the damage naming the record", v.Status)
 			}
 			_, err = e.b.Create(ctx, backends.CreateRequest{Name: "bad", SizeBytes: 4096})
-			if !errors.Is(err, backends.ErrExists) {
+			if !errors.Is(err, sentinel.ErrExists) {
 				t.Errorf("Create of the name: %v, want ErrExists", err)
 			}
 			if err := e.b.Remove(ctx, "bad"); err != nil {
@@ -816,7 +817,7 @@ func TestBadNames(t *testing.T) {
 		t.Run(fmt.Sprintf("%q", name), func(t *testing.T) {
 			check := func(op string, err error) {
 				t.Helper()
-				if !errors.Is(err, backends.ErrInvalid) {
+				if !errors.Is(err, sentinel.ErrInvalid) {
 					t.Errorf("%s: %v, want ErrInvalid", op, err)
 				}
 			}
@@ -917,7 +918,7 @@ func TestConcurrentCreates(t *testing.T) {
 		switch {
 		case err == nil:
 			ok++
-		case errors.Is(err, backends.ErrExists):
+		case errors.Is(err, sentinel.ErrExists):
 			dup++
 		default:
 			t.Error(err)

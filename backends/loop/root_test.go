@@ -3,7 +3,6 @@ package loop
 import (
 	"context"
 	"errors"
-	"github.com/blockvol/blockvol/internal/testenv"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,6 +10,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/blockvol/blockvol/internal/sentinel"
+	"github.com/blockvol/blockvol/internal/testenv"
 
 	"github.com/blockvol/blockvol/backends"
 	"github.com/blockvol/blockvol/hostexec"
@@ -127,7 +129,7 @@ func TestRealLoopLifecycle(t *testing.T) {
 	}
 
 	b.removeGrace = 100 * time.Millisecond
-	if err := b.Remove(ctx, "real"); !errors.Is(err, backends.ErrInUse) {
+	if err := b.Remove(ctx, "real"); !errors.Is(err, sentinel.ErrInUse) {
 		t.Errorf("Remove while attached: %v, want ErrInUse", err)
 	}
 
@@ -171,7 +173,7 @@ func TestRealLoopDetachWhileOpen(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.removeGrace = 100 * time.Millisecond
-	if err := b.Remove(ctx, "held"); !errors.Is(err, backends.ErrInUse) {
+	if err := b.Remove(ctx, "held"); !errors.Is(err, sentinel.ErrInUse) {
 		t.Fatalf("Remove while the device is held open: %v, want ErrInUse", err)
 	}
 	b.removeGrace = 10 * time.Second

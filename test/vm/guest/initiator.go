@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/blockvol/blockvol/hostexec"
+	"github.com/blockvol/blockvol/internal/sentinel"
 	"github.com/blockvol/blockvol/iscsi"
 )
 
@@ -277,7 +278,7 @@ func scenarioInitiator(s *S) error {
 	}
 	if err := s.Step("Detach LUN 1 while it is mounted is refused with ErrInUse", func() error {
 		err := ini.Detach(ctx, lun(1))
-		if !errors.Is(err, iscsi.ErrInUse) {
+		if !errors.Is(err, sentinel.ErrInUse) {
 			return fmt.Errorf("Detach = %v, want ErrInUse", err)
 		}
 		s.Note("Detach said: %v", err)
@@ -426,7 +427,7 @@ func scenarioInitiator(s *S) error {
 			return errors.New("Attach succeeded")
 		}
 		s.Note("Attach said: %v (class %s)", err, errClass(err))
-		if !errors.Is(err, iscsi.ErrNotFound) && !errors.Is(err, iscsi.ErrAuth) {
+		if !errors.Is(err, iscsi.ErrNoTarget) && !errors.Is(err, iscsi.ErrAuth) {
 			s.Errorf("unknown target: error class %s, want ErrNotFound or ErrAuth: %v", errClass(err), err)
 		}
 		if err := ini.Detach(ctx, t); err != nil {
@@ -560,9 +561,9 @@ func errClass(err error) string {
 		name string
 		err  error
 	}{
-		{"ErrInvalid", iscsi.ErrInvalid}, {"ErrAuth", iscsi.ErrAuth}, {"ErrTimeout", iscsi.ErrTimeout},
-		{"ErrUnreachable", iscsi.ErrUnreachable}, {"ErrNotFound", iscsi.ErrNotFound}, {"ErrDaemon", iscsi.ErrDaemon},
-		{"ErrDeviceNotFound", iscsi.ErrDeviceNotFound}, {"ErrInUse", iscsi.ErrInUse},
+		{"ErrInvalid", sentinel.ErrInvalid}, {"ErrAuth", iscsi.ErrAuth}, {"ErrTimeout", iscsi.ErrTimeout},
+		{"ErrUnreachable", iscsi.ErrUnreachable}, {"ErrNotFound", iscsi.ErrNoTarget}, {"ErrDaemon", iscsi.ErrDaemon},
+		{"ErrDeviceNotFound", iscsi.ErrDeviceNotFound}, {"ErrInUse", sentinel.ErrInUse},
 	} {
 		if errors.Is(err, c.err) {
 			return c.name
