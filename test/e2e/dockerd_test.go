@@ -127,8 +127,10 @@ func (d *dockerd) run(ctx context.Context, args ...string) (string, error) {
 	return stdout.String(), nil
 }
 
-// removeAll removes every container and volume, logging failures: it runs
-// at teardown, while the plugins still serve.
+// removeAll removes every container of the private dockerd (its data root
+// is the run's own) and the volumes of the run's own drivers, logging
+// failures: it runs at teardown, while the plugins still serve. A volume of
+// any other driver is never touched.
 func (d *dockerd) removeAll() {
 	ctx, cancel := context.WithTimeout(context.Background(), dockerTimeout)
 	defer cancel()
@@ -137,13 +139,41 @@ func (d *dockerd) removeAll() {
 			fmt.Fprintf(os.Stderr, "e2e: teardown: %v\n", err)
 		}
 	}
-	if out, err := d.run(ctx, "volume", "ls", "-q"); err == nil {
-		for _, v := range strings.Fields(out) {
-			if _, err := d.run(ctx, "volume", "rm", "-f", v); err != nil {
-				fmt.Fprintf(os.Stderr, "e2e: teardown: %v\n", err)
-			}
+	out, err := d.run(ctx, "volume", "ls", "--format", "{{.Driver}} {{.Name}}")
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: teardown: %v\n", err)
+		return
+	}
+	for _, v := range ownVolumes(out, ownDrivers()) {
+		if _, err := d.run(ctx, "volume", "rm", "-f", v); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: teardown: %v\n", err)
 		}
 	}
+}
+
+// ownDrivers are the volume drivers of this run: Docker's local driver
+// (the private dockerd's data root is the run's) and the plugins it started.
+func ownDrivers() map[string]bool {
+	own := map[string]bool{"local": true}
+	env.mu.Lock()
+	defer env.mu.Unlock()
+	for _, p := range env.plugins {
+		own[p.Config.Name] = true
+	}
+	return own
+}
+
+// ownVolumes picks from `docker volume ls --format '{{.Driver}} {{.Name}}'`
+// the names of volumes whose driver is one of own.
+func ownVolumes(ls string, own map[string]bool) []string {
+	var out []string
+	for _, line := range strings.Split(ls, "\n") {
+		driver, name, ok := strings.Cut(strings.TrimSpace(line), " ")
+		if ok && own[driver] {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 func (d *dockerd) logSize() int64 {
@@ -380,4 +410,13 @@ func socketListening(path string) bool {
 	}
 	c.Close()
 	return true
+}
+
+// The teardown removes the volumes of the run's own drivers only.
+func TestTeardownPicksOnlyOwnVolumes(t *testing.T) {
+	ls := "local l1\nblockvol-e2e-x-1 v1\nblockvol users-volume\nbvh-bystander-1 kept\n\nblockvol-e2e-x-2 v2\n"
+	got := ownVolumes(ls, map[string]bool{"local": true, "blockvol-e2e-x-1": true, "blockvol-e2e-x-2": true})
+	if want := []string{"l1", "v1", "v2"}; strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("ownVolumes = %q, want %q", got, want)
+	}
 }

@@ -1,7 +1,10 @@
 // Package e2e drives blockvol the way a user does: through a real Docker
 // daemon, real containers, real loop devices and real filesystems.
 //
-// TestMain starts one private dockerd for the whole package (its own data
+// TestMain runs the package in a mount namespace of its own whose plugin
+// directories are private, while a bystander plugin on the host checks that
+// nothing outside was touched (namespace_test.go, bystander_test.go). There
+// it starts one private dockerd for the whole package (its own data
 // root, exec root and API socket under a temporary directory, no bridge, no
 // iptables), imports a tiny busybox image into it, runs the tests, and tears
 // everything down again: containers, dockerd, the plugins the tests started,
@@ -84,7 +87,14 @@ func runMain(m *testing.M) int {
 		return m.Run()
 	}
 
-	sweepStaleRuns()
+	if !insideNamespace() {
+		return runOutside()
+	}
+	if err := privatizeNamespace(); err != nil {
+		env.setup = err
+		fmt.Fprintf(os.Stderr, "e2e: setup failed: %v\n", err)
+		return m.Run()
+	}
 	if err := setUp(); err != nil {
 		env.setup = err
 		fmt.Fprintf(os.Stderr, "e2e: setup failed: %v\n", err)
@@ -95,6 +105,28 @@ func runMain(m *testing.M) int {
 		if code == 0 {
 			code = 1
 		}
+	}
+	return code
+}
+
+// runOutside runs the package in a mount namespace of its own (see
+// namespace_test.go) while a bystander plugin runs on the host, and fails
+// the package if the bystander was touched.
+func runOutside() int {
+	sweepStaleRuns()
+	by, err := startBystander()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: setup failed: bystander plugin: %v\nFAIL\n", err)
+		return 1
+	}
+	code := runInNamespace()
+	if err := by.check(); err != nil {
+		fmt.Fprintf(os.Stderr, "--- FAIL: bystander (after the whole package)\n    %v\nFAIL\n", err)
+		code = 1
+	}
+	if err := by.stop(); err != nil {
+		fmt.Fprintf(os.Stderr, "e2e: bystander teardown: %v\n", err)
+		code = 1
 	}
 	return code
 }

@@ -71,18 +71,9 @@ func pluginBinary(t testing.TB) string {
 			pluginBin.skip = "cmd/blockvol does not exist yet"
 			return
 		}
-		goBin, err := exec.LookPath("go") // go test puts its GOROOT/bin first on PATH
-		if err != nil {
-			pluginBin.err = err
-			return
-		}
 		out := filepath.Join(env.root, "bin", "blockvol")
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, goBin, "build", "-o", out, "./cmd/blockvol")
-		cmd.Dir = mod
-		if b, err := cmd.CombinedOutput(); err != nil {
-			pluginBin.err = fmt.Errorf("go build ./cmd/blockvol: %w\n%s", err, b)
+		if err := buildBlockvol(out); err != nil {
+			pluginBin.err = err
 			return
 		}
 		pluginBin.path = out
@@ -94,6 +85,26 @@ func pluginBinary(t testing.TB) string {
 		t.Fatal(pluginBin.err)
 	}
 	return pluginBin.path
+}
+
+// buildBlockvol builds ./cmd/blockvol of this module into out.
+func buildBlockvol(out string) error {
+	mod, err := moduleRoot()
+	if err != nil {
+		return err
+	}
+	goBin, err := exec.LookPath("go") // go test puts its GOROOT/bin first on PATH
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, goBin, "build", "-o", out, "./cmd/blockvol")
+	cmd.Dir = mod
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("go build ./cmd/blockvol: %w\n%s", err, b)
+	}
+	return nil
 }
 
 // statSources stats every Go source of the module. The go command records
@@ -291,6 +302,24 @@ func (p *Plugin) removeSocket() {
 	if !socketListening(p.SocketPath) {
 		_ = os.Remove(p.SocketPath)
 	}
+}
+
+// logSize is the length of the plugin's log.
+func (p *Plugin) logSize() int64 {
+	fi, err := os.Stat(p.LogPath)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// logSince returns the plugin's log after offset.
+func (p *Plugin) logSince(offset int64) string {
+	log := p.Log()
+	if offset > int64(len(log)) {
+		return log
+	}
+	return log[offset:]
 }
 
 // Log returns the plugin's log file.

@@ -93,6 +93,8 @@ start_mariadb() {
 start_rabbit() {
   listening 5672 && return 0
   mkdir -p $B/rabbitmq/{mnesia,log}
+  # RabbitMQ starts Erlang's epmd unless one runs: stop only an epmd we started.
+  if listening 4369; then rm -f $B/rabbitmq/epmd.ours; else touch $B/rabbitmq/epmd.ours; fi
   (. $B/rabbitmq/env.sh; setsid /usr/lib/rabbitmq/bin/rabbitmq-server >$B/rabbitmq/server.out 2>&1 &)
 }
 rabbit_ready() { (. $B/rabbitmq/env.sh; /usr/lib/rabbitmq/bin/rabbitmqctl -q await_startup --timeout 2); }
@@ -179,7 +181,10 @@ do_stop() {
   fi
   rm -f $B/tgt/tgtd.pid
   [ -f $B/rabbitmq/env.sh ] && (. $B/rabbitmq/env.sh; /usr/lib/rabbitmq/bin/rabbitmqctl -q stop >/dev/null 2>&1)
-  p=$(ss -ltnpH 'sport = :4369' | grep -o 'epmd",pid=[0-9]*' | head -1 | cut -d= -f2); [ -n "$p" ] && kill -TERM $p
+  if [ -f $B/rabbitmq/epmd.ours ]; then
+    p=$(ss -ltnpH 'sport = :4369' | grep -o 'epmd",pid=[0-9]*' | head -1 | cut -d= -f2); [ -n "$p" ] && kill -TERM $p
+    rm -f $B/rabbitmq/epmd.ours
+  fi
   alive $B/mariadb/mysqld.pid && kill -TERM "$(cat $B/mariadb/mysqld.pid)"
   # Wait until every process of the stack is gone (their command lines name
   # files under $B): cinder-volume's worker and RabbitMQ's VM exit a little

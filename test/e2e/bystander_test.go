@@ -1,0 +1,379 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// The bystander is a user's blockvol that runs on the host during the whole
+// package, outside the tests' mount namespace: its own plugin name, state,
+// data and mount directories, and a socket in the real /run/docker/plugins.
+// It holds two volumes with data, one mounted ID-less (as dvdcli mounts)
+// and one not mounted. When the package ends, both must be exactly as they
+// were and the socket must not have been called: the tests touch only what
+// they created.
+type bystander struct {
+	dir     string
+	plugin  *Plugin
+	proxy   *countingProxy
+	madeDir bool // we created /run/docker/plugins
+
+	mountpoint string              // of the ID-less mounted volume
+	images     map[string]fileSeal // files of the loop backend: images, records
+	records    map[string][]byte   // the plugin's state record of each volume
+	data       map[string][]byte   // the mounted volume's files
+	logSize    int64               // the plugin's log after the setup
+}
+
+const (
+	bystanderMounted   = "bvh-bystander-mounted"
+	bystanderUnmounted = "bvh-bystander-unmounted"
+)
+
+// fileSeal identifies a file and its content.
+type fileSeal struct {
+	ino  uint64
+	size int64
+	sum  [sha256.Size]byte
+}
+
+func sealFile(path string) (fileSeal, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return fileSeal{}, err
+	}
+	defer f.Close()
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		return fileSeal{}, err
+	}
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return fileSeal{}, err
+	}
+	s := fileSeal{ino: st.Ino, size: st.Size}
+	copy(s.sum[:], h.Sum(nil))
+	return s, nil
+}
+
+// startBystander builds blockvol, starts the bystander, creates its two
+// volumes with data and seals what must not change.
+func startBystander() (_ *bystander, err error) {
+	dir, err := os.MkdirTemp(runParent, "bvh-bystander-")
+	if err != nil {
+		return nil, err
+	}
+	b := &bystander{dir: dir}
+	defer func() {
+		if err != nil {
+			if serr := b.stop(); serr != nil {
+				err = fmt.Errorf("%w; and while cleaning up: %v", err, serr)
+			}
+		}
+	}()
+	bin := os.Getenv("BLOCKVOL_BIN")
+	if bin == "" {
+		bin = filepath.Join(dir, "blockvol")
+		if err := buildBlockvol(bin); err != nil {
+			return nil, err
+		}
+	}
+	name := filepath.Base(dir)
+	cfg := PluginConfig{
+		Name: name, Socket: filepath.Join(dir, "private.sock"),
+		StateDir: filepath.Join(dir, "state"), MountDir: filepath.Join(dir, "mounts"), DataDir: filepath.Join(dir, "loop"),
+		LogLevel: "debug", DefaultSize: "32M", DefaultFS: "ext4",
+	}
+	b.plugin = &Plugin{Config: cfg, ConfigPath: filepath.Join(dir, "blockvol.toml"), LogPath: filepath.Join(dir, "blockvol.log"), SocketPath: cfg.Socket}
+	if err := os.WriteFile(b.plugin.ConfigPath, []byte(cfg.toml()), 0o644); err != nil {
+		return nil, err
+	}
+	if err := b.plugin.start(bin); err != nil {
+		return nil, err
+	}
+	if err := b.fill(); err != nil {
+		return nil, err
+	}
+	if err := b.seal(); err != nil {
+		return nil, err
+	}
+	// Last, the socket Docker would find: the tests' dockerd must not.
+	if _, err := os.Stat(pluginSocketDir); err != nil {
+		if err := os.MkdirAll(pluginSocketDir, 0o755); err != nil {
+			return nil, err
+		}
+		b.madeDir = true
+	}
+	b.proxy, err = startCountingProxy(filepath.Join(pluginSocketDir, name+".sock"), cfg.Socket)
+	return b, err
+}
+
+// fill creates the two volumes, each with a file of random data; one stays
+// mounted without an ID.
+func (b *bystander) fill() error {
+	for _, v := range []string{bystanderMounted, bystanderUnmounted} {
+		if _, err := b.call("VolumeDriver.Create", map[string]any{"Name": v}); err != nil {
+			return err
+		}
+	}
+	out, err := b.call("VolumeDriver.Mount", map[string]any{"Name": bystanderMounted})
+	if err != nil {
+		return err
+	}
+	b.mountpoint, _ = out["Mountpoint"].(string)
+	if err := writeRandom(filepath.Join(b.mountpoint, "data")); err != nil {
+		return err
+	}
+	const id = "bvh0000000000000000000000000000000000000000000000000000000000001"
+	out, err = b.call("VolumeDriver.Mount", map[string]any{"Name": bystanderUnmounted, "ID": id})
+	if err != nil {
+		return err
+	}
+	mp, _ := out["Mountpoint"].(string)
+	if err := writeRandom(filepath.Join(mp, "data")); err != nil {
+		return err
+	}
+	_, err = b.call("VolumeDriver.Unmount", map[string]any{"Name": bystanderUnmounted, "ID": id})
+	return err
+}
+
+func writeRandom(path string) error {
+	buf := make([]byte, 1<<20)
+	rand.Read(buf)
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(buf); err != nil {
+		f.Close()
+		return err
+	}
+	return errors.Join(f.Sync(), f.Close())
+}
+
+// seal records the images, the state records, the mounted volume's data and
+// the log size.
+func (b *bystander) seal() error {
+	var err error
+	if b.images, err = b.sealImages(); err != nil {
+		return err
+	}
+	if b.records, err = b.readRecords(); err != nil {
+		return err
+	}
+	b.data = map[string][]byte{}
+	if b.data["data"], err = os.ReadFile(filepath.Join(b.mountpoint, "data")); err != nil {
+		return err
+	}
+	b.logSize = b.plugin.logSize()
+	return nil
+}
+
+func (b *bystander) sealImages() (map[string]fileSeal, error) {
+	files, err := regularFiles(b.plugin.Config.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]fileSeal{}
+	for _, f := range files {
+		if out[f], err = sealFile(f); err != nil {
+			return nil, err
+		}
+	}
+	imgs, _ := filepath.Glob(filepath.Join(b.plugin.Config.DataDir, "*.img"))
+	if len(imgs) != 2 {
+		return nil, fmt.Errorf("bystander: %d image files under %s, want 2: %v", len(imgs), b.plugin.Config.DataDir, files)
+	}
+	return out, nil
+}
+
+func (b *bystander) readRecords() (map[string][]byte, error) {
+	files, err := regularFiles(b.plugin.Config.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]byte{}
+	for _, f := range files {
+		if strings.HasSuffix(f, ".json") {
+			if out[f], err = os.ReadFile(f); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return out, nil
+}
+
+// check reports every way in which the bystander was touched: a call on its
+// socket, a request in its log, a changed record or image, lost data, a
+// lost mount.
+func (b *bystander) check() error {
+	var errs []error
+	if n := b.proxy.count.Load(); n != 0 {
+		errs = append(errs, fmt.Errorf("its socket %s was called %d times", b.proxy.path, n))
+	}
+	if !socketListening(b.proxy.path) {
+		errs = append(errs, fmt.Errorf("its socket %s is gone", b.proxy.path))
+	}
+	if b.plugin.current().exited() {
+		errs = append(errs, errors.New("the plugin died"))
+	}
+	if log := b.plugin.logSince(b.logSize); strings.Contains(log, "op=") {
+		errs = append(errs, fmt.Errorf("it served requests:\n%s", log))
+	}
+	images, err := b.sealImages()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for path, was := range b.images {
+		now, ok := images[path]
+		switch {
+		case !ok:
+			errs = append(errs, fmt.Errorf("image %s is gone", path))
+		case now.ino != was.ino || now.size != was.size:
+			errs = append(errs, fmt.Errorf("image %s was replaced or resized", path))
+		// The kernel may still write to the image of the mounted volume
+		// (ext4's lazy inode table init): its data is compared below.
+		case now.sum != was.sum && path != filepath.Join(b.plugin.Config.DataDir, bystanderMounted+".img"):
+			errs = append(errs, fmt.Errorf("image %s changed", path))
+		}
+	}
+	records, err := b.readRecords()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for path, was := range b.records {
+		if !bytes.Equal(records[path], was) {
+			errs = append(errs, fmt.Errorf("state record %s changed:\n%s\nnow:\n%s", path, was, records[path]))
+		}
+	}
+	if got, err := os.ReadFile(filepath.Join(b.mountpoint, "data")); err != nil || !bytes.Equal(got, b.data["data"]) {
+		errs = append(errs, fmt.Errorf("the data of the mounted volume changed or is unreadable (%v)", err))
+	}
+	if m, err := mountsUnder(b.mountpoint); err != nil || len(m) != 1 {
+		errs = append(errs, fmt.Errorf("the mounted volume is no longer mounted once at %s: %v %v", b.mountpoint, m, err))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("the bystander plugin %s was touched: %w", b.plugin.Config.Name, errors.Join(errs...))
+	}
+	return nil
+}
+
+// stop removes the bystander's volumes, stops it and cleans its directory.
+func (b *bystander) stop() error {
+	var errs []error
+	if b.proxy != nil {
+		b.proxy.close()
+	}
+	if b.madeDir {
+		_ = os.Remove(pluginSocketDir) // only if empty
+	}
+	if b.plugin != nil && b.plugin.current() != nil && !b.plugin.current().exited() {
+		if b.mountpoint != "" {
+			if _, err := b.call("VolumeDriver.Unmount", map[string]any{"Name": bystanderMounted}); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		for _, v := range []string{bystanderMounted, bystanderUnmounted} {
+			if _, err := b.call("VolumeDriver.Remove", map[string]any{"Name": v}); err != nil && !strings.Contains(err.Error(), "does not exist") {
+				errs = append(errs, err)
+			}
+		}
+		if err := b.plugin.Stop(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if err := cleanHost(b.dir); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
+
+// call calls the bystander on its private socket (not counted).
+func (b *bystander) call(endpoint string, req map[string]any) (map[string]any, error) {
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://plugin/"+endpoint, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	resp, err := unixHTTPClient(b.plugin.SocketPath).Do(hreq)
+	if err != nil {
+		return nil, fmt.Errorf("bystander %s: %w", endpoint, err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	out := map[string]any{}
+	if err := json.Unmarshal(raw, &out); err != nil {
+		return nil, fmt.Errorf("bystander %s: answer %q is not JSON", endpoint, raw)
+	}
+	if e, _ := out["Err"].(string); e != "" {
+		return nil, fmt.Errorf("bystander %s %s: %s", endpoint, body, e)
+	}
+	return out, nil
+}
+
+// countingProxy listens on path and forwards every connection to target,
+// counting them.
+type countingProxy struct {
+	path  string
+	l     net.Listener
+	count atomic.Int64
+	wg    sync.WaitGroup
+}
+
+func startCountingProxy(path, target string) (*countingProxy, error) {
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	p := &countingProxy{path: path, l: l}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			p.count.Add(1)
+			go forward(c, target)
+		}
+	}()
+	return p, nil
+}
+
+func forward(c net.Conn, target string) {
+	defer c.Close()
+	up, err := net.Dial("unix", target)
+	if err != nil {
+		return
+	}
+	defer up.Close()
+	go func() { _, _ = io.Copy(up, c) }()
+	_, _ = io.Copy(c, up)
+}
+
+// close stops listening and removes the socket file.
+func (p *countingProxy) close() {
+	p.l.Close() // a unix listener removes its socket file
+	p.wg.Wait()
+}
