@@ -176,8 +176,11 @@ func ownVolumes(ls string, own map[string]bool) []string {
 	return out
 }
 
-func (d *dockerd) logSize() int64 {
-	fi, err := os.Stat(d.logPath)
+func (d *dockerd) logSize() int64 { return fileSize(d.logPath) }
+
+// fileSize is the size of a file, 0 if it cannot be read.
+func fileSize(path string) int64 {
+	fi, err := os.Stat(path)
 	if err != nil {
 		return 0
 	}

@@ -305,13 +305,7 @@ func (p *Plugin) removeSocket() {
 }
 
 // logSize is the length of the plugin's log.
-func (p *Plugin) logSize() int64 {
-	fi, err := os.Stat(p.LogPath)
-	if err != nil {
-		return 0
-	}
-	return fi.Size()
-}
+func (p *Plugin) logSize() int64 { return fileSize(p.LogPath) }
 
 // logSince returns the plugin's log after offset.
 func (p *Plugin) logSince(offset int64) string {
