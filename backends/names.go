@@ -26,3 +26,19 @@ func CheckName(name string, maxLen int) error {
 	}
 	return nil
 }
+
+// OpErrors returns a backend's two error constructors: opErr(op, name, err)
+// wraps err as `<backend>: <op> volume "<name>": <err>`, and opErrf does
+// the same with a formatted cause (which may wrap with %w).
+func OpErrors(backend string) (
+	opErr func(op, name string, err error) error,
+	opErrf func(op, name, format string, args ...any) error,
+) {
+	opErr = func(op, name string, err error) error {
+		return fmt.Errorf("%s: %s volume %q: %w", backend, op, name, err)
+	}
+	opErrf = func(op, name, format string, args ...any) error {
+		return opErr(op, name, fmt.Errorf(format, args...))
+	}
+	return opErr, opErrf
+}

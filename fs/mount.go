@@ -58,7 +58,7 @@ func (f *FS) Mount(ctx context.Context, dev, target, fstype string, opts []strin
 		return fmt.Errorf("mount device %s on %s: %w", dev, target, err)
 	}
 	if cur != "" {
-		if sameDevice(cur, dev) {
+		if SameDevice(cur, dev) {
 			f.log().Info("device already mounted", "device", dev, "target", target)
 			return nil
 		}
@@ -98,9 +98,9 @@ func (f *FS) Unmount(ctx context.Context, target string) error {
 	return fmt.Errorf("unmount %s: %w", target, err)
 }
 
-// sameDevice reports whether two device paths name the same device, after
+// SameDevice reports whether two device paths name the same device, after
 // resolving symbolic links (/dev/disk/by-id/... against /dev/sdb).
-func sameDevice(a, b string) bool {
+func SameDevice(a, b string) bool {
 	if a == b {
 		return true
 	}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -331,7 +332,7 @@ func TestRootMountUnmount(t *testing.T) {
 	}
 	opts := strings.Split(e.Options, ",")
 	for _, want := range []string{"rw", "nosuid", "nodev", "noatime"} {
-		if !contains(opts, want) {
+		if !slices.Contains(opts, want) {
 			t.Errorf("mount options %q lack %q", e.Options, want)
 		}
 	}
@@ -435,15 +436,6 @@ func sizeName(size int64) string {
 		return "1TiB"
 	}
 	return "1GiB"
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func countMounts(t *testing.T, target string) int {

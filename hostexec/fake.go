@@ -3,6 +3,7 @@ package hostexec
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 )
@@ -63,7 +64,7 @@ func (f *Fake) Run(ctx context.Context, name string, args ...string) ([]byte, er
 	}
 	c := f.script[f.next]
 	f.next++
-	if !equal(argv, c.Argv) {
+	if !slices.Equal(argv, c.Argv) {
 		f.t.Helper()
 		f.t.Errorf("hostexec.Fake: call %d:\n got  %q\n want %q", f.next, argv, c.Argv)
 		return nil, fmt.Errorf("unexpected call %q", argv)
@@ -88,16 +89,4 @@ func (f *Fake) Done() {
 	for _, c := range f.script[f.next:] {
 		f.t.Errorf("hostexec.Fake: expected call never made: %s", strings.Join(c.Argv, " "))
 	}
-}
-
-func equal(a, b []string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

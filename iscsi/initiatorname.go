@@ -33,10 +33,12 @@ func readInitiatorName(path string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("read iSCSI initiator name: %w", err)
 	}
-	return parseInitiatorName(path, data)
+	return ParseInitiatorName(path, data)
 }
 
-func parseInitiatorName(path string, data []byte) (string, error) {
+// ParseInitiatorName parses the contents data of the initiator name file
+// at path (named in errors).
+func ParseInitiatorName(path string, data []byte) (string, error) {
 	var name string
 	found, generate := false, false
 	sc := bufio.NewScanner(bytes.NewReader(data))

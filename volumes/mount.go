@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 
 	"github.com/blockvol/blockvol/backends"
+	"github.com/blockvol/blockvol/fs"
 )
 
 // Use gives the volume to one more user (a claim, non-empty) and returns
@@ -99,7 +100,7 @@ func (d *Core) bringUp(ctx context.Context, log *slog.Logger, r record, vol back
 		if err := d.prepareAndMount(ctx, log, r, vol, opts, be); err != nil {
 			return r, err
 		}
-	case sameDevice(current, dev):
+	case fs.SameDevice(current, dev):
 		log.Info("volume already mounted; reusing the mount")
 	default:
 		return r, fmt.Errorf("%s is already mounted at %s, not %s; unmount it by hand", current, r.Mountpoint, dev)
@@ -241,17 +242,6 @@ func (d *Core) backend(name string) (backends.Backend, error) {
 		return nil, fmt.Errorf("backend %q is no longer configured on this host", name)
 	}
 	return be, nil
-}
-
-// sameDevice reports whether two device paths name the same node
-// (/dev/disk/by-path/... and /dev/sdb, say).
-func sameDevice(a, b string) bool {
-	if a == b {
-		return true
-	}
-	ra, errA := filepath.EvalSymlinks(a)
-	rb, errB := filepath.EvalSymlinks(b)
-	return errA == nil && errB == nil && ra == rb
 }
 
 // shortID shortens users (Docker's 64-hex mount IDs, say) for logs.

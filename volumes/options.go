@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -140,7 +141,7 @@ func ParseOptions(raw map[string]string, def OptionDefaults, parseMountOpts Moun
 		return Options{}, invalidf("option mountopts: %v", err)
 	}
 	o.Backend = get("backend", def.Backend)
-	if !contains(def.Backends, o.Backend) {
+	if !slices.Contains(def.Backends, o.Backend) {
 		return Options{}, invalidf("option backend %q is not configured on this host; configured backends: %s", o.Backend, strings.Join(def.Backends, ", "))
 	}
 	return o, nil
@@ -203,15 +204,6 @@ func FormatSize(n int64) string {
 	default:
 		return fmt.Sprintf("%d bytes", n)
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
 }
 
 // metaOptionsKey holds the JSON-encoded Options in a backend volume's Meta.

@@ -2,6 +2,7 @@ package volumes
 
 import (
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -166,7 +167,7 @@ func FuzzParseOptions(f *testing.F) {
 		if o.SizeBytes < fsTypes[o.FSType] {
 			t.Fatalf("size %d below the minimum of %s", o.SizeBytes, o.FSType)
 		}
-		if !contains(testDefaults.Backends, o.Backend) {
+		if !slices.Contains(testDefaults.Backends, o.Backend) {
 			t.Fatalf("backend %q accepted", o.Backend)
 		}
 	})

@@ -720,13 +720,9 @@ func checkName(name string) error {
 	return nil
 }
 
-func opErr(op, name string, err error) error {
-	return fmt.Errorf("cinder: %s volume %q: %w", op, name, err)
-}
-
-func opErrf(op, name, format string, args ...any) error {
-	return opErr(op, name, fmt.Errorf(format, args...))
-}
+// opErr and opErrf name the backend, the operation and the volume in an
+// error: cinder: create volume "x": ....
+var opErr, opErrf = backends.OpErrors("cinder")
 
 // cleanup runs f with a deadline of its own (cleanupTimeout), so that
 // undoing work still happens after the caller's ctx has ended. A failure

@@ -257,7 +257,7 @@ func (b *Backend) Create(ctx context.Context, req backends.CreateRequest) (backe
 	}
 	log := b.log.With(slog.String("volume", name), slog.String("op", op))
 	img := b.imagePath(dir, name)
-	r := &record{Name: name, SizeBytes: req.SizeBytes, Type: pool, IQN: iqn, Meta: copyMeta(req.Meta)}
+	r := &record{Name: name, SizeBytes: req.SizeBytes, Type: pool, IQN: iqn, Meta: maps.Clone(req.Meta)}
 	var e *export
 	err = b.withLock(ctx, op, name, func(ctx context.Context) error {
 		all, err := b.scan(ctx, name)
@@ -407,7 +407,7 @@ func (b *Backend) SetMeta(ctx context.Context, name string, meta map[string]stri
 		if err != nil {
 			return err
 		}
-		f.rec.Meta = copyMeta(meta)
+		f.rec.Meta = maps.Clone(meta)
 		return b.writeRecord(ctx, f.recDir, f.rec)
 	})
 	if err != nil {
@@ -508,7 +508,7 @@ func (b *Backend) Attach(ctx context.Context, name string, opts backends.AttachO
 			}
 			claimed = true
 		}
-		if !contains(e.acl, me) {
+		if !slices.Contains(e.acl, me) {
 			if err := b.sw.allow(ctx, e, me); err != nil {
 				return err
 			}
@@ -564,7 +564,7 @@ func (b *Backend) ensureExport(ctx context.Context, log *slog.Logger, exports ma
 			}
 		}
 	}
-	if b.chap != nil && !contains(e.accounts, b.chap.Username) {
+	if b.chap != nil && !slices.Contains(e.accounts, b.chap.Username) {
 		if err := b.sw.bindAccount(ctx, e, b.chap.Username, b.chap.Password); err != nil {
 			return nil, err
 		}
@@ -599,7 +599,7 @@ func describeOthers(holder *attachment, acl, sessions []string) string {
 	}
 	var extra []string
 	for _, s := range append(slices.Clone(acl), sessions...) {
-		if (holder == nil || s != holder.Initiator) && !contains(extra, s) {
+		if (holder == nil || s != holder.Initiator) && !slices.Contains(extra, s) {
 			extra = append(extra, s)
 		}
 	}
@@ -613,7 +613,7 @@ func describeOthers(holder *attachment, acl, sessions []string) string {
 // (no new logins), then their connections.
 func (b *Backend) fence(ctx context.Context, e *export, holder *attachment, acl, sessions []string) error {
 	deny := slices.Clone(acl)
-	if holder != nil && !contains(deny, holder.Initiator) && contains(e.acl, holder.Initiator) {
+	if holder != nil && !slices.Contains(deny, holder.Initiator) && slices.Contains(e.acl, holder.Initiator) {
 		deny = append(deny, holder.Initiator)
 	}
 	for _, a := range deny {
@@ -678,12 +678,12 @@ func (b *Backend) release(ctx context.Context, name, me string) error {
 		return err
 	}
 	if e := exports[f.rec.IQN]; e != nil {
-		if contains(e.acl, me) {
+		if slices.Contains(e.acl, me) {
 			if err := b.sw.deny(ctx, e, me); err != nil {
 				return err
 			}
 		}
-		if contains(e.connected(), me) {
+		if slices.Contains(e.connected(), me) {
 			if err := b.sw.disconnect(ctx, e, me); err != nil {
 				return err
 			}
@@ -784,22 +784,11 @@ func (b *Backend) volume(f *found, e *export, listErr error) backends.Volume {
 		Name:      r.Name,
 		SizeBytes: r.SizeBytes,
 		CreatedAt: r.CreatedAt,
-		Meta:      copyMeta(r.Meta),
+		Meta:      maps.Clone(r.Meta),
 		Status:    status,
 	}
 }
 
-func copyMeta(m map[string]string) map[string]string {
-	if m == nil {
-		return nil
-	}
-	return maps.Clone(m)
-}
-
-func opErr(op, name string, err error) error {
-	return fmt.Errorf("iscsitarget: %s volume %q: %w", op, name, err)
-}
-
-func opErrf(op, name, format string, args ...any) error {
-	return opErr(op, name, fmt.Errorf(format, args...))
-}
+// opErr and opErrf name the backend, the operation and the volume in an
+// error: iscsitarget: create volume "x": ....
+var opErr, opErrf = backends.OpErrors("iscsitarget")

@@ -6,6 +6,7 @@ import (
 	_ "embed"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/blockvol/blockvol/hostexec"
@@ -81,7 +82,7 @@ type found struct {
 // volume reports whether f is a complete volume: a readable record with
 // its backing file beside it.
 func (f *found) volume() bool {
-	return f.rec != nil && contains(f.images, f.recDir)
+	return f.rec != nil && slices.Contains(f.images, f.recDir)
 }
 
 // scan reads the records and backing files of volume name ("" = every

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -233,7 +234,7 @@ func (r *realEnv) startSession(initiator, iqn string) <-chan struct{} {
 	r.t.Cleanup(func() { _ = cmd.Process.Kill(); <-exited })
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		if e := r.targets()[iqn]; e != nil && contains(e.connected(), initiator) {
+		if e := r.targets()[iqn]; e != nil && slices.Contains(e.connected(), initiator) {
 			return exited
 		}
 		if time.Now().After(deadline) {
@@ -283,7 +284,7 @@ func TestRealSecondHostIsRefusedThenPreempts(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("node-a's session survived the preempt")
 	}
-	if in := r.targets()[iqn].connected(); contains(in, initA) {
+	if in := r.targets()[iqn].connected(); slices.Contains(in, initA) {
 		t.Fatalf("node-a still connected: %v", in)
 	}
 	r.wantRefused(initA, iqn)

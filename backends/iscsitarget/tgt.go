@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -243,7 +244,7 @@ func (t *tgt) allow(ctx context.Context, e *export, initiator string) error {
 	if err != nil && tgtErr(err) != tgtACLExists {
 		return fmt.Errorf("allow initiator %s on iSCSI target %s: %w", initiator, e.iqn, err)
 	}
-	if !contains(e.acl, initiator) {
+	if !slices.Contains(e.acl, initiator) {
 		e.acl = append(e.acl, initiator)
 	}
 	return nil
@@ -322,7 +323,7 @@ func (t *tgt) bindAccount(ctx context.Context, e *export, user, password string)
 	if err != nil {
 		return fmt.Errorf("require CHAP account %s on iSCSI target %s: %w", user, e.iqn, err)
 	}
-	if !contains(e.accounts, user) {
+	if !slices.Contains(e.accounts, user) {
 		e.accounts = append(e.accounts, user)
 	}
 	return nil

@@ -80,6 +80,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -229,7 +230,7 @@ func (b *Backend) Create(ctx context.Context, req backends.CreateRequest) (backe
 		}
 		return backends.Volume{}, opErr(op, name, err)
 	}
-	r := record{SizeBytes: req.SizeBytes, CreatedAt: time.Now().UTC(), Meta: copyMeta(req.Meta)}
+	r := record{SizeBytes: req.SizeBytes, CreatedAt: time.Now().UTC(), Meta: maps.Clone(req.Meta)}
 	if err := b.commit(log, name, r); err != nil {
 		return backends.Volume{}, opErr(op, name, err)
 	}
@@ -471,7 +472,7 @@ func (b *Backend) SetMeta(ctx context.Context, name string, meta map[string]stri
 	if err != nil {
 		return opErr(op, name, err)
 	}
-	r.Meta = copyMeta(meta)
+	r.Meta = maps.Clone(meta)
 	if err := b.writeRecord(name, r); err != nil {
 		return opErr(op, name, err)
 	}
@@ -715,7 +716,7 @@ func (b *Backend) volume(name string, r record, devs []string) backends.Volume {
 		Name:      name,
 		SizeBytes: r.SizeBytes,
 		CreatedAt: r.CreatedAt,
-		Meta:      copyMeta(r.Meta),
+		Meta:      maps.Clone(r.Meta),
 		Status:    status,
 	}
 }
@@ -909,21 +910,6 @@ func isRegular(path string) (bool, error) {
 	return true, nil
 }
 
-func copyMeta(m map[string]string) map[string]string {
-	if m == nil {
-		return nil
-	}
-	c := make(map[string]string, len(m))
-	for k, v := range m {
-		c[k] = v
-	}
-	return c
-}
-
-func opErr(op, name string, err error) error {
-	return fmt.Errorf("loop: %s volume %q: %w", op, name, err)
-}
-
-func opErrf(op, name, format string, args ...any) error {
-	return opErr(op, name, fmt.Errorf(format, args...))
-}
+// opErr and opErrf name the backend, the operation and the volume in an
+// error: loop: create volume "x": ....
+var opErr, opErrf = backends.OpErrors("loop")

@@ -69,9 +69,6 @@ var requiredTools = []struct{ name, pkg, why string }{
 // toolDirs are searched for programs, under the host root.
 var toolDirs = []string{"/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"}
 
-// defaultInitiatorNameFile is open-iscsi's initiator name file.
-const defaultInitiatorNameFile = "/etc/iscsi/initiatorname.iscsi"
-
 // doctor checks a host. Host facts are read under Root (a test tree, or
 // "/") and through Run, so that every check is unit-tested; the config
 // file, the plugin socket and the backends' own checks are real.
@@ -322,7 +319,7 @@ func findProcess(procDir, comm string) int {
 // ACLs must allow.
 func (d *doctor) checkInitiatorName() checkResult {
 	r := checkResult{Check: "iSCSI initiator name"}
-	file := defaultInitiatorNameFile
+	file := iscsi.DefaultInitiatorNameFile
 	if d.Config != nil {
 		if d.Config.ISCSI.InitiatorName != "" {
 			r.Status, r.Detail = statusOK, d.Config.ISCSI.InitiatorName+" (from the configuration's [iscsi] initiator_name)"
@@ -344,16 +341,10 @@ func (d *doctor) checkInitiatorName() checkResult {
 		r.Fix = "apt-get install open-iscsi (it generates the name), or set [iscsi] initiator_name"
 		return r
 	}
-	name := ""
-	for _, line := range strings.Split(string(data), "\n") {
-		line = strings.TrimSpace(line)
-		if k, v, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(line, "#") && strings.TrimSpace(k) == "InitiatorName" {
-			name = strings.TrimSpace(v)
-		}
-	}
-	if name == "" {
+	name, err := iscsi.ParseInitiatorName(file, data)
+	if err != nil {
 		r.Status = status
-		r.Detail = "no InitiatorName= in " + file + "; " + why
+		r.Detail = err.Error() + "; " + why
 		r.Fix = "set InitiatorName=iqn.... in " + file + " (iscsi-iname makes one), or set [iscsi] initiator_name"
 		return r
 	}

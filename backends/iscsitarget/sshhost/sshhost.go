@@ -34,14 +34,16 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
-	"github.com/blockvol/blockvol/hostexec"
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/blockvol/blockvol/hostexec"
 )
 
 // Config configures a Host.
@@ -130,7 +132,7 @@ func New(cfg Config) (*Host, error) {
 	// a server offering another type first would fail the check.
 	for _, k := range known {
 		for _, a := range algorithmsFor(k.Key.Type()) {
-			if !contains(h.algos, a) {
+			if !slices.Contains(h.algos, a) {
 				h.algos = append(h.algos, a)
 			}
 		}
@@ -536,13 +538,4 @@ func (h *Host) drop(c *ssh.Client) {
 	}
 	h.mu.Unlock()
 	c.Close()
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
