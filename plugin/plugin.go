@@ -96,6 +96,9 @@ func (d *Driver) Get(req *volume.GetRequest) (*volume.GetResponse, error) {
 			v.Status["device"] = info.Local.Device
 		}
 	}
+	if info.Damage != "" {
+		v.Status["damage"] = info.Damage
+	}
 	return &volume.GetResponse{Volume: v}, nil
 }
 

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
+	"time"
 )
 
 // WriteFileAtomic replaces path with data, crash-safely.
@@ -63,3 +65,20 @@ func SyncDir(dir string) error {
 	}
 	return nil
 }
+
+// damagedMark is inserted in the name of a file set aside by Quarantine.
+const damagedMark = ".damaged-"
+
+// Quarantine sets a damaged file aside, keeping it for inspection: path is
+// renamed to path + ".damaged-<UTC time>", durably. It returns the new
+// path.
+func Quarantine(path string) (string, error) {
+	to := path + damagedMark + time.Now().UTC().Format("20060102T150405.000000000Z")
+	if err := os.Rename(path, to); err != nil {
+		return "", fmt.Errorf("set aside %s: %w", path, err)
+	}
+	return to, SyncDir(filepath.Dir(path))
+}
+
+// IsQuarantined reports whether a file name is one Quarantine made.
+func IsQuarantined(name string) bool { return strings.Contains(name, damagedMark) }

@@ -4,9 +4,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // ErrNotFound is returned by Load for a name that has no record.
@@ -51,9 +54,10 @@ func (s *Store) Save(name string, v any) error {
 	return WriteFileAtomic(s.path(name), append(data, '\n'), 0o600)
 }
 
-// Load reads the record of name into v, or returns ErrNotFound.
+// Load reads the record of name into v, or returns ErrNotFound. A symlink
+// in the record's place is never followed: it is an error.
 func (s *Store) Load(name string, v any) error {
-	data, err := os.ReadFile(s.path(name))
+	data, err := readNoFollow(s.path(name))
 	if errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("record %s: %w", name, ErrNotFound)
 	}
@@ -64,6 +68,38 @@ func (s *Store) Load(name string, v any) error {
 		return fmt.Errorf("decode record %s: %w", s.path(name), err)
 	}
 	return nil
+}
+
+// Quarantine sets the damaged record of name aside (see the package
+// function Quarantine) and returns where it went.
+func (s *Store) Quarantine(name string) (string, error) { return Quarantine(s.path(name)) }
+
+// Quarantined lists the paths of the records Quarantine set aside.
+func (s *Store) Quarantined() ([]string, error) {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("read state dir: %w", err)
+	}
+	var out []string
+	for _, e := range entries {
+		if IsQuarantined(e.Name()) && !strings.HasPrefix(e.Name(), ".") {
+			out = append(out, filepath.Join(s.dir, e.Name()))
+		}
+	}
+	return out, nil
+}
+
+// Dir returns the directory of the records.
+func (s *Store) Dir() string { return s.dir }
+
+// readNoFollow is os.ReadFile that refuses a symlink as the last element.
+func readNoFollow(path string) ([]byte, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(f)
 }
 
 // Delete removes the record of name; a missing record is not an error.

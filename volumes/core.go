@@ -84,8 +84,10 @@ type Core struct {
 	recs     *records
 	defaults Options // options of a volume blockvol did not create
 
-	whereMu sync.RWMutex
-	where   map[string]string // volume name → backend name, as last seen
+	seen *seen // volume name → backend name, as last seen
+
+	damageMu sync.RWMutex
+	damage   map[string]string // volume name → why its record was set aside
 
 	inflight sync.WaitGroup
 }
@@ -120,7 +122,8 @@ func New(cfg Config) (*Core, error) {
 		log:      cfg.Log,
 		recs:     &records{store: store, m: map[string]record{}},
 		defaults: defOpts,
-		where:    map[string]string{},
+		seen:     loadSeen(filepath.Join(cfg.StateDir, "seen.json"), cfg.Log),
+		damage:   map[string]string{},
 	}
 	names, err := store.Names()
 	if err != nil {
@@ -128,12 +131,40 @@ func New(cfg Config) (*Core, error) {
 	}
 	for _, n := range names {
 		var r record
-		if err := store.Load(n, &r); err != nil {
-			return nil, err
+		err := store.Load(n, &r)
+		if err == nil {
+			err = r.check(n)
+		}
+		if err != nil {
+			d.quarantine(store, n, err)
+			continue
 		}
 		d.recs.m[n] = r
 	}
 	return d, nil
+}
+
+// quarantine sets the damaged record of name aside, so that one damaged
+// file never stops the others from being served; Get of the volume then
+// reports the damage, and `blockvol doctor` lists the file.
+func (d *Core) quarantine(store *state.Store, name string, why error) {
+	to, err := store.Quarantine(name)
+	if err != nil {
+		d.log.Error("damaged volume record cannot be set aside; the volume is served without it", "volume", name, "err", errors.Join(why, err))
+		to = "(left in place)"
+	} else {
+		d.log.Error("damaged volume record set aside; the volume is served without it", "volume", name, "moved_to", to, "err", why)
+	}
+	d.damageMu.Lock()
+	d.damage[name] = fmt.Sprintf("this host's record of the volume was damaged (%v) and set aside as %s: its mounts on this host, if any, are not known", why, to)
+	d.damageMu.Unlock()
+}
+
+// damaged returns why the record of name was set aside, or "".
+func (d *Core) damaged(name string) string {
+	d.damageMu.RLock()
+	defer d.damageMu.RUnlock()
+	return d.damage[name]
 }
 
 // Wait blocks until every operation in flight has returned, or ctx ends.
@@ -230,23 +261,10 @@ func (d *Core) lookup(ctx context.Context, name string) (backends.Volume, string
 	return backends.Volume{}, "", &userError{kind: sentinel.ErrNotFound, msg: fmt.Sprintf("volume %q does not exist", name)}
 }
 
-// knownBackend returns the backend a volume was last seen on since the
-// plugin started, or "".
-func (d *Core) knownBackend(name string) string {
-	d.whereMu.RLock()
-	defer d.whereMu.RUnlock()
-	return d.where[name]
-}
+// knownBackend returns the backend a volume was last seen on, or "".
+func (d *Core) knownBackend(name string) string { return d.seen.backend(name) }
 
-func (d *Core) remember(name, backend string) {
-	d.whereMu.Lock()
-	if backend == "" {
-		delete(d.where, name)
-	} else {
-		d.where[name] = backend
-	}
-	d.whereMu.Unlock()
-}
+func (d *Core) remember(name, backend string) { d.seen.remember(name, backend) }
 
 // Scope is backends.ScopeGlobal when any backend is shared by hosts,
 // backends.ScopeLocal otherwise.

@@ -117,6 +117,9 @@ func (d *Core) Remove(ctx context.Context, name string) (err error) {
 		}
 	}
 	d.remember(name, "")
+	d.damageMu.Lock()
+	delete(d.damage, name)
+	d.damageMu.Unlock()
 	log.Info("volume removed", "backend", bn)
 	return nil
 }

@@ -28,6 +28,9 @@ type Info struct {
 	// Unreachable is set when the backend could not be asked and the
 	// answer comes from what this host knows.
 	Unreachable error
+	// Damage, when set, says that this host's record of the volume was
+	// damaged and set aside at start-up.
+	Damage string
 }
 
 // Local is this host's use of a volume, as its record says.
@@ -59,9 +62,14 @@ func localOf(r record) *Local {
 // from what this host knows — its record of a volume in use, or a volume
 // seen since the process started — with the failure in Unreachable, rather
 // than with an error.
-func (d *Core) Get(ctx context.Context, name string) (_ Info, err error) {
+func (d *Core) Get(ctx context.Context, name string) (info Info, err error) {
 	c := d.begin(ctx, "get", name, d.cfg.OtherTimeout)
-	defer func() { c.end(err) }()
+	defer func() {
+		if err == nil {
+			info.Damage = d.damaged(name)
+		}
+		c.end(err)
+	}()
 	ctx, log := c.ctx, c.log
 	if err := ValidateName(name); err != nil {
 		return Info{}, err
@@ -85,7 +93,7 @@ func (d *Core) Get(ctx context.Context, name string) (_ Info, err error) {
 		}
 		return Info{}, err
 	}
-	info := Info{Name: vol.Name, Backend: bn, SizeBytes: vol.SizeBytes, CreatedAt: vol.CreatedAt, Status: vol.Status}
+	info = Info{Name: vol.Name, Backend: bn, SizeBytes: vol.SizeBytes, CreatedAt: vol.CreatedAt, Status: vol.Status}
 	if opts, err := decodeMeta(vol.Meta, d.defaults); err == nil {
 		info.Options, info.OptionsKnown = opts, true
 	}
@@ -106,6 +114,7 @@ func (d *Core) List(ctx context.Context) (_ []Info, err error) {
 	locals := d.recs.locals()
 	out := []Info{}
 	var failures []error
+	changed := false
 	for _, bn := range d.cfg.Defaults.Backends {
 		vols, err := d.cfg.Backends[bn].List(ctx)
 		if err != nil {
@@ -114,9 +123,12 @@ func (d *Core) List(ctx context.Context) (_ []Info, err error) {
 			continue
 		}
 		for _, v := range vols {
-			d.remember(v.Name, bn)
+			changed = d.seen.set(v.Name, bn) || changed
 			out = append(out, Info{Name: v.Name, Backend: bn, SizeBytes: v.SizeBytes, CreatedAt: v.CreatedAt, Status: v.Status, Local: locals[v.Name]})
 		}
+	}
+	if changed {
+		d.seen.save() // once, however many volumes were new
 	}
 	if len(failures) == len(d.cfg.Backends) {
 		return nil, errors.Join(failures...)

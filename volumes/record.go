@@ -1,6 +1,7 @@
 package volumes
 
 import (
+	"fmt"
 	"sort"
 	"sync"
 
@@ -30,6 +31,19 @@ type record struct {
 	Users      []string `json:"users"` // sorted set of claims (Docker mount IDs, ...)
 	Device     string   `json:"device,omitempty"`
 	Mountpoint string   `json:"mountpoint"`
+}
+
+// check reports a record that cannot be what this code wrote for name.
+func (r *record) check(name string) error {
+	switch {
+	case r.Name != name:
+		return fmt.Errorf("record of %q names %q", name, r.Name)
+	case r.Phase != phaseMounting && r.Phase != phaseMounted && r.Phase != phaseUnmounting:
+		return fmt.Errorf("record of %q has no known phase", name)
+	case r.Backend == "" || r.Mountpoint == "":
+		return fmt.Errorf("record of %q lacks its backend or mountpoint", name)
+	}
+	return nil
 }
 
 func (r *record) has(user string) bool {

@@ -184,6 +184,46 @@ const startLoginTimeout = 60 * time.Second
 // background; it never fails because Keystone or Cinder is unreachable.
 // A nil log discards messages.
 func New(cfg Config, ini Initiator, log *slog.Logger) (*Backend, error) {
+	b, err := build(cfg, ini, log)
+	if err != nil {
+		return nil, err
+	}
+	if b.hostUUID == "" {
+		if b.hostUUID, err = hostUUID(b.cfg.HostUUIDFile); err != nil {
+			return nil, fmt.Errorf("cinder: %w", err)
+		}
+	}
+	if err := os.MkdirAll(b.cfg.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("cinder: state directory: %w", err)
+	}
+	b.log.Info("cinder backend configured", "auth_url", b.cfg.AuthURL, "identity", b.who(), "host", b.cfg.HostName, "host_uuid", b.hostUUID)
+	go func() {
+		defer close(b.warm)
+		ctx, cancel := context.WithTimeout(context.Background(), startLoginTimeout)
+		defer cancel()
+		if _, err := b.client(ctx); err != nil {
+			b.log.Error("cinder backend cannot reach Cinder yet; every call will try again", "error", err.Error())
+		}
+	}()
+	return b, nil
+}
+
+// NewChecker returns the self-check of a Cinder backend configured with
+// cfg, for `blockvol doctor`: unlike New it changes nothing on this host
+// (no state directory, no host UUID file written, no background login);
+// Check logs in when it runs.
+func NewChecker(cfg Config, ini Initiator) (backends.Checker, error) {
+	b, err := build(cfg, ini, nil)
+	if err != nil {
+		return nil, err
+	}
+	close(b.warm)
+	return b, nil
+}
+
+// build validates cfg and returns a Backend that has touched nothing yet;
+// hostUUID is set only when cfg gives it.
+func build(cfg Config, ini Initiator, log *slog.Logger) (*Backend, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -222,21 +262,7 @@ func New(cfg Config, ini Initiator, log *slog.Logger) (*Backend, error) {
 			return nil, fmt.Errorf("cinder: host UUID %q is not a UUID", cfg.HostUUID)
 		}
 		b.hostUUID = strings.ToLower(cfg.HostUUID)
-	} else if b.hostUUID, err = hostUUID(cfg.HostUUIDFile); err != nil {
-		return nil, fmt.Errorf("cinder: %w", err)
 	}
-	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
-		return nil, fmt.Errorf("cinder: state directory: %w", err)
-	}
-	b.log.Info("cinder backend configured", "auth_url", cfg.AuthURL, "identity", b.who(), "host", cfg.HostName, "host_uuid", b.hostUUID)
-	go func() {
-		defer close(b.warm)
-		ctx, cancel := context.WithTimeout(context.Background(), startLoginTimeout)
-		defer cancel()
-		if _, err := b.client(ctx); err != nil {
-			b.log.Error("cinder backend cannot reach Cinder yet; every call will try again", "error", err.Error())
-		}
-	}()
 	return b, nil
 }
 
@@ -506,9 +532,10 @@ func (b *Backend) Remove(ctx context.Context, name string) error {
 	return nil
 }
 
-// deleteVolume deletes a volume and waits until it is gone (404). A volume
-// that Cinder fails to delete (error_deleting) is an error; when ctx ends
-// first, the deletion is left to Cinder and counts as done.
+// deleteVolume deletes a volume and waits until it is gone (404): only
+// then is the removal done. A volume that Cinder fails to delete
+// (error_deleting) is an error, and so is one still being deleted when ctx
+// ends (Cinder may yet fail it, and the volume would come back).
 func (b *Backend) deleteVolume(ctx context.Context, c *conn, id string) error {
 	err := volumes.Delete(ctx, c.base(), id, volumes.DeleteOpts{}).ExtractErr()
 	if gophercloud.ResponseCodeIs(err, http.StatusNotFound) {
@@ -524,8 +551,7 @@ func (b *Backend) deleteVolume(ctx context.Context, c *conn, id string) error {
 	case err == nil:
 		return fmt.Errorf("Cinder could not delete volume %s: it is %s", id, v.Status)
 	case ctx.Err() != nil:
-		b.log.Warn("Cinder is still deleting the volume; not waiting any longer", "id", id)
-		return nil
+		return fmt.Errorf("Cinder had not finished deleting volume %s in time (%w); ask again later", id, err)
 	}
 	return err
 }

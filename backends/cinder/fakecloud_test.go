@@ -33,6 +33,7 @@ type fakeCloud struct {
 	catalog     func(cinderURL string) []any // nil: block-storage + volumev3
 	maxVersion  string                       // version document's max; "" answers 404
 	volumesHook http.HandlerFunc             // GET .../volumes/detail; nil: an empty list
+	otherHook   http.HandlerFunc             // any other Cinder path; nil: 404
 	cinderCalls atomic.Int64
 }
 
@@ -108,7 +109,7 @@ func (f *fakeCloud) serveCinder(w http.ResponseWriter, r *http.Request) {
 	f.cinderCalls.Add(1)
 	f.mu.Lock()
 	valid := f.token != "" && r.Header.Get("X-Auth-Token") == f.token
-	maxVersion, hook := f.maxVersion, f.volumesHook
+	maxVersion, hook, other := f.maxVersion, f.volumesHook, f.otherHook
 	f.mu.Unlock()
 	if !valid {
 		w.WriteHeader(http.StatusUnauthorized)
@@ -129,6 +130,8 @@ func (f *fakeCloud) serveCinder(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		fmt.Fprint(w, `{"volumes": []}`)
+	case other != nil:
+		other(w, r)
 	default:
 		w.WriteHeader(http.StatusNotFound)
 		fmt.Fprintf(w, `{"itemNotFound": {"code": 404, "message": "no fake for %s"}}`, r.URL.Path)

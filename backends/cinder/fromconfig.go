@@ -9,7 +9,12 @@ import (
 // NewFromConfig builds a Backend from its [backends.NAME] table (filled in
 // and validated by package config).
 func NewFromConfig(k *config.CinderConfig, ini Initiator, log *slog.Logger) (*Backend, error) {
-	return New(Config{
+	return New(ConfigOf(k), ini, log)
+}
+
+// ConfigOf translates the configuration file's settings.
+func ConfigOf(k *config.CinderConfig) Config {
+	return Config{
 		AuthURL:                     k.AuthURL,
 		Username:                    k.Username,
 		UserID:                      k.UserID,
@@ -36,5 +41,5 @@ func NewFromConfig(k *config.CinderConfig, ini Initiator, log *slog.Logger) (*Ba
 		InitiatorIP:                 k.InitiatorIP,
 		Multipath:                   k.Multipath,
 		StateDir:                    k.StateDir,
-	}, ini, log)
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -20,10 +21,13 @@ import (
 	"time"
 
 	"github.com/blockvol/blockvol/backends"
+	"github.com/blockvol/blockvol/backends/cinder"
 	"github.com/blockvol/blockvol/backends/loop"
 	"github.com/blockvol/blockvol/config"
+	bvfs "github.com/blockvol/blockvol/fs"
 	"github.com/blockvol/blockvol/hostexec"
 	"github.com/blockvol/blockvol/iscsi"
+	"github.com/blockvol/blockvol/state"
 )
 
 const doctorUsage = `usage: blockvol doctor [--config FILE] [--socket PATH] [--json]
@@ -58,13 +62,8 @@ var iscsiBackendTypes = map[string]bool{"iscsitarget": true, "cinder": true}
 var credentialBackendTypes = iscsiBackendTypes
 
 // requiredTools are the programs blockvol runs, with the Debian package
-// that provides each.
-var requiredTools = []struct{ name, pkg, why string }{
-	{"mkfs.ext4", "e2fsprogs", "formats ext4 volumes"},
-	{"mkfs.xfs", "xfsprogs", "formats xfs volumes"},
-	{"blkid", "util-linux", "tells a blank device from a formatted one"},
-	{"losetup", "mount", "attaches loop volumes"},
-}
+// that provides each: every one the fs package runs, and losetup.
+var requiredTools = append(slices.Clone(bvfs.Tools), bvfs.Tool{Name: "losetup", Package: "mount", Why: "attaches loop volumes"})
 
 // toolDirs are searched for programs, under the host root.
 var toolDirs = []string{"/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"}
@@ -118,6 +117,9 @@ func (d *doctor) run(ctx context.Context) []checkResult {
 	out = append(out, d.checkTools()...)
 	out = append(out, d.checkModule(ctx), d.checkIscsid(), d.checkInitiatorName())
 	out = append(out, d.checkSocket(ctx))
+	if d.Config != nil {
+		out = append(out, d.checkStateRecords())
+	}
 	out = append(out, d.checkBackends(ctx)...)
 	return out
 }
@@ -199,13 +201,13 @@ func (d *doctor) lookTool(name string) (string, bool) {
 func (d *doctor) checkTools() []checkResult {
 	var out []checkResult
 	for _, t := range requiredTools {
-		r := checkResult{Check: "tool " + t.name}
-		if p, ok := d.lookTool(t.name); ok {
+		r := checkResult{Check: "tool " + t.Name}
+		if p, ok := d.lookTool(t.Name); ok {
 			r.Status, r.Detail = statusOK, p
 		} else {
 			r.Status = statusFail
-			r.Detail = "not found; blockvol needs it: it " + t.why
-			r.Fix = "apt-get install " + t.pkg
+			r.Detail = "not found; blockvol needs it: it " + t.Why
+			r.Fix = "apt-get install " + t.Package
 		}
 		out = append(out, r)
 	}
@@ -394,6 +396,33 @@ func (d *doctor) checkSocket(ctx context.Context) checkResult {
 	return r
 }
 
+// checkStateRecords lists the damaged records that serve set aside (the
+// volumes are served without them; see volumes.Core). It only reads.
+func (d *doctor) checkStateRecords() checkResult {
+	r := checkResult{Check: "state records"}
+	var damaged []string
+	for _, dir := range []string{d.Config.StateDir, filepath.Join(d.Config.StateDir, "volumes")} {
+		entries, err := os.ReadDir(d.host(dir))
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			r.Status, r.Detail = statusFail, err.Error()
+			return r
+		}
+		for _, e := range entries {
+			if state.IsQuarantined(e.Name()) {
+				damaged = append(damaged, filepath.Join(dir, e.Name()))
+			}
+		}
+	}
+	if len(damaged) == 0 {
+		r.Status, r.Detail = statusOK, "no damaged record in "+d.Config.StateDir
+		return r
+	}
+	r.Status = statusWarn
+	r.Detail = fmt.Sprintf("%d damaged record(s) set aside, their volumes served without them: %s", len(damaged), strings.Join(damaged, ", "))
+	r.Fix = "check each volume named (blockvol's log says what was lost), then delete the file"
+	return r
+}
+
 func (d *doctor) checkBackends(ctx context.Context) []checkResult {
 	if d.Config == nil {
 		return nil
@@ -425,17 +454,25 @@ func (d *doctor) checkBackends(ctx context.Context) []checkResult {
 	return out
 }
 
-// backendChecker builds a backend's self-check. The loop backend's is
-// built without the backend (which would create its directory and sweep
-// debris beside a serving plugin); other types are built as serve builds
+// backendChecker builds a backend's self-check, changing nothing on the
+// host. The loop and cinder backends' are built without the backend (which
+// would create directories, sweep debris beside a serving plugin, write the
+// host UUID file and start a login); other types are built as serve builds
 // them, and checked if they implement backends.Checker.
 func backendChecker(name string, cfg config.Config) (backends.Checker, error) {
 	bc := cfg.Backends[name]
-	if lc, ok := bc.Settings.(*config.LoopConfig); ok {
-		return loop.NewChecker(loop.Config{DataDir: lc.DataDir}), nil
-	}
 	run := hostexec.OS{}
 	log := slog.New(slog.DiscardHandler)
+	switch s := bc.Settings.(type) {
+	case *config.LoopConfig:
+		return loop.NewChecker(loop.Config{DataDir: s.DataDir}), nil
+	case *config.CinderConfig:
+		ini, err := newInitiator(cfg, run, log)
+		if err != nil {
+			return nil, err
+		}
+		return cinder.NewChecker(cinder.ConfigOf(s), ini)
+	}
 	b, _, err := newBackend(bc, run, func() (*iscsi.Initiator, error) { return newInitiator(cfg, run, log) }, log)
 	if err != nil {
 		return nil, err
