@@ -471,7 +471,7 @@ func backendChecker(name string, cfg config.Config) (backends.Checker, error) {
 		if err != nil {
 			return nil, err
 		}
-		return cinder.NewChecker(cinder.ConfigOf(s), ini)
+		return cinder.NewChecker(cinderSettings(s), ini)
 	}
 	b, _, err := newBackend(bc, run, func() (*iscsi.Initiator, error) { return newInitiator(cfg, run, log) }, log)
 	if err != nil {

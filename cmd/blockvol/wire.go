@@ -6,7 +6,6 @@ import (
 
 	"github.com/blockvol/blockvol/backends"
 	"github.com/blockvol/blockvol/backends/cinder"
-	"github.com/blockvol/blockvol/backends/iscsitarget"
 	"github.com/blockvol/blockvol/backends/loop"
 	"github.com/blockvol/blockvol/config"
 	"github.com/blockvol/blockvol/fs"
@@ -55,14 +54,14 @@ func newBackend(bc config.BackendConfig, run hostexec.Runner, initiator func() (
 		if err != nil {
 			return nil, backends.ScopeGlobal, err
 		}
-		b, err := iscsitarget.NewFromConfig(s, ini, run, log)
+		b, err := newISCSITarget(s, ini, run, log)
 		return b, backends.ScopeGlobal, err
 	case *config.CinderConfig:
 		ini, err := initiator()
 		if err != nil {
 			return nil, backends.ScopeGlobal, err
 		}
-		b, err := cinder.NewFromConfig(s, ini, log)
+		b, err := cinder.New(cinderSettings(s), ini, log)
 		return b, backends.ScopeGlobal, err
 	default:
 		return nil, backends.ScopeLocal, fmt.Errorf("unknown backend type %q", bc.Type)
