@@ -88,3 +88,26 @@ func TestDamagedRecordIsSetAside(t *testing.T) {
 		})
 	}
 }
+
+// A volume is fresh until its first use has handed it out: a first Mount
+// interrupted by a crash leaves it fresh (the next one makes its
+// filesystem again); once mounted, it is never formatted over.
+func TestFreshUntilFirstHandedOut(t *testing.T) {
+	h := newHarness(t)
+	h.create("f", nil)
+	h.fs.failNext("mount", errors.New("interrupted"))
+	if _, err := h.d.Mount(&volume.MountRequest{Name: "f", ID: id1}); err == nil {
+		t.Fatal("Mount succeeded despite the failure")
+	}
+	h.mount("f", id1)
+	h.unmount("f", id1)
+	h.mount("f", id2)
+	want := []string{
+		"prepare /dev/fake1 ext4 overwrite=true", "mount /dev/fake1 /mnt/bv/f ext4 []", "unmount /mnt/bv/f",
+		"prepare /dev/fake2 ext4 overwrite=true", "mount /dev/fake2 /mnt/bv/f ext4 []", "unmount /mnt/bv/f",
+		"prepare /dev/fake3 ext4 overwrite=false", "mount /dev/fake3 /mnt/bv/f ext4 []",
+	}
+	if got := h.fs.callLog(); strings.Join(got, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("fs calls:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}

@@ -64,3 +64,32 @@ func TestRootImageDeletedWhileMounted(t *testing.T) {
 	h.unmount("del", rid1)
 	h.assertNothingLeft("del")
 }
+
+// A mkfs that finished after its plugin was killed (a first Mount never
+// answered) leaves a filesystem with lost+found on a volume never handed
+// out: the next Mount makes it again, and the volume is handed out empty.
+func TestRootInterruptedFirstMountStillHandsOutAnEmptyVolume(t *testing.T) {
+	h := newRealHost(t)
+	if err := h.d.Create(&volume.CreateRequest{Name: "fresh"}); err != nil {
+		t.Fatal(err)
+	}
+	img := filepath.Join(h.dataDir, "fresh.img")
+	if out, err := exec.Command("mkfs.ext4", "-q", "-F", img).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs: %v %s", err, out)
+	}
+	h.restart()
+	mp := h.mount("fresh", rid1)
+	if entries, err := os.ReadDir(mp); err != nil || len(entries) != 0 {
+		t.Fatalf("a volume never handed out holds %v (%v); want it empty", entries, err)
+	}
+	if err := os.WriteFile(filepath.Join(mp, "data"), []byte("kept"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	h.unmount("fresh", rid1)
+	mp = h.mount("fresh", rid2)
+	if b, err := os.ReadFile(filepath.Join(mp, "data")); err != nil || string(b) != "kept" {
+		t.Fatalf("second mount lost the data: %q %v", b, err)
+	}
+	h.unmount("fresh", rid2)
+	h.assertNothingLeft("fresh")
+}

@@ -113,22 +113,22 @@ func (d *Core) bringUp(ctx context.Context, log *slog.Logger, r record, vol back
 }
 
 func (d *Core) prepareAndMount(ctx context.Context, log *slog.Logger, r record, vol backends.Volume, opts Options, be backends.Backend) error {
-	overwrite := vol.Meta[metaOverwritePendingKey] == "true"
-	if overwrite {
+	meta := vol.Meta
+	pending := meta[metaOverwritePendingKey] == "true"
+	if pending {
 		// Clear the request before acting on it: a crash after this point
 		// loses the wipe rather than wiping a second time later.
-		meta := make(map[string]string, len(vol.Meta))
-		for k, v := range vol.Meta {
-			if k != metaOverwritePendingKey {
-				meta[k] = v
-			}
-		}
+		meta = withoutKey(meta, metaOverwritePendingKey)
 		if err := be.SetMeta(ctx, r.Name, meta); err != nil {
 			return fmt.Errorf("clear overwritefs request: %w", err)
 		}
 		log.Warn("overwritefs=true: an existing ext4/xfs filesystem on the volume will be wiped (first mount after create only)")
 	}
-	fsType, formatted, err := d.cfg.FS.Prepare(ctx, r.Device, opts.FSType, overwrite)
+	fresh := meta[metaFreshKey] == "true"
+	if fresh && !pending {
+		log.Info("first use of a fresh volume: a filesystem found on it is debris of an interrupted first use and is made again")
+	}
+	fsType, formatted, err := d.cfg.FS.Prepare(ctx, r.Device, opts.FSType, pending || fresh)
 	if err != nil {
 		return err
 	}
@@ -146,7 +146,24 @@ func (d *Core) prepareAndMount(ctx context.Context, log *slog.Logger, r record, 
 			return fmt.Errorf("empty the fresh filesystem: %w", err)
 		}
 	}
+	if fresh {
+		// Handed out from here on: never formatted again.
+		if err := be.SetMeta(ctx, r.Name, withoutKey(meta, metaFreshKey)); err != nil {
+			return fmt.Errorf("record the volume's first use: %w", err)
+		}
+	}
 	return nil
+}
+
+// withoutKey returns a copy of m without key.
+func withoutKey(m map[string]string, key string) map[string]string {
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		if k != key {
+			out[k] = v
+		}
+	}
+	return out
 }
 
 // undoMount rolls back a failed use for user: with no other user left the

@@ -214,9 +214,16 @@ const metaOptionsKey = "blockvol.options"
 // a volume is wiped at most once.
 const metaOverwritePendingKey = "blockvol.overwrite-pending"
 
+// metaFreshKey is "true" from Create until a first use has handed the
+// volume out (mounted, emptied): until then nothing on the volume is a
+// user's, and whatever filesystem a first use interrupted by kill -9 left
+// (a mkfs that finished after its plugin died, say) is made again from
+// scratch, so that a fresh volume is always handed out empty.
+const metaFreshKey = "blockvol.fresh"
+
 func encodeMeta(o Options) map[string]string {
 	b, _ := json.Marshal(o) // Options holds only plain fields: cannot fail
-	m := map[string]string{metaOptionsKey: string(b)}
+	m := map[string]string{metaOptionsKey: string(b), metaFreshKey: "true"}
 	if o.OverwriteFS {
 		m[metaOverwritePendingKey] = "true"
 	}
