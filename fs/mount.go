@@ -64,14 +64,45 @@ func (f *FS) Mount(ctx context.Context, dev, target, fstype string, opts []strin
 		}
 		return fmt.Errorf("mount device %s on %s: %s is already mounted there", dev, target, cur)
 	}
-	if err := os.MkdirAll(target, 0o755); err != nil {
-		return fmt.Errorf("mount device %s: create mount point: %w", dev, err)
+	if err := f.makeMountPoint(target); err != nil {
+		return fmt.Errorf("mount device %s: %w", dev, err)
 	}
 	if err := f.Mounter.Mount(dev, target, fstype, flags, data); err != nil {
 		return fmt.Errorf("mount device %s on %s (%s, options %q): %w",
 			dev, target, fstype, strings.Join(opts, ","), err)
 	}
 	f.log().Info("mounted", "device", dev, "target", target, "fstype", fstype, "options", strings.Join(opts, ","))
+	return nil
+}
+
+// makeMountPoint makes target a directory of its own, never following a
+// symbolic link there: a symlink at target (which would have the device
+// mounted wherever it points, outside the mount directory) is removed and
+// replaced by a directory; anything else that is not a directory is
+// refused.
+func (f *FS) makeMountPoint(target string) error {
+	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+		return fmt.Errorf("create mount point: %w", err)
+	}
+	fi, err := os.Lstat(target)
+	switch {
+	case err == nil && fi.Mode()&os.ModeSymlink != 0:
+		f.log().Warn("replacing a symbolic link at the mount point by a directory; it is never followed", "target", target)
+		if err := os.Remove(target); err != nil {
+			return fmt.Errorf("remove the symbolic link at mount point %s: %w", target, err)
+		}
+	case err == nil && fi.IsDir():
+		return nil
+	case err == nil:
+		return fmt.Errorf("mount point %s exists and is not a directory", target)
+	case !errors.Is(err, os.ErrNotExist):
+		return fmt.Errorf("mount point: %w", err)
+	}
+	// Mkdir, not MkdirAll: a symlink that appeared meanwhile is an error,
+	// never followed.
+	if err := os.Mkdir(target, 0o755); err != nil {
+		return fmt.Errorf("create mount point: %w", err)
+	}
 	return nil
 }
 
