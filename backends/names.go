@@ -3,6 +3,8 @@ package backends
 import (
 	"fmt"
 
+	"github.com/blockvol/blockvol/internal/quote"
+
 	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
@@ -15,13 +17,13 @@ func CheckName(name string, maxLen int) error {
 	case name == "":
 		return fmt.Errorf("empty volume name: %w", sentinel.ErrInvalid)
 	case name == "." || name == "..":
-		return fmt.Errorf("volume name %q not allowed: %w", name, sentinel.ErrInvalid)
+		return fmt.Errorf("volume name %s not allowed: %w", quote.Short(name), sentinel.ErrInvalid)
 	case len(name) > maxLen:
 		return fmt.Errorf("volume name longer than %d bytes: %w", maxLen, sentinel.ErrInvalid)
 	}
 	for _, c := range []byte(name) {
 		if c == '/' || c < 0x20 || c == 0x7f {
-			return fmt.Errorf("volume name %q: contains '/' or a control character: %w", name, sentinel.ErrInvalid)
+			return fmt.Errorf("volume name %s: contains '/' or a control character: %w", quote.Short(name), sentinel.ErrInvalid)
 		}
 	}
 	return nil

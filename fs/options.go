@@ -2,6 +2,7 @@ package fs
 
 import (
 	"fmt"
+	"github.com/blockvol/blockvol/internal/quote"
 	"slices"
 	"strings"
 	"syscall"
@@ -73,8 +74,8 @@ func ParseMountOptions(s string) ([]string, error) {
 
 func checkOption(opt string) error {
 	if _, ok := optionTable[opt]; !ok {
-		return fmt.Errorf("%w %q: accepted options are %s",
-			ErrInvalidMountOption, opt, strings.Join(allowedOptions, ", "))
+		return fmt.Errorf("%w %s: accepted options are %s",
+			ErrInvalidMountOption, quote.Short(opt), strings.Join(allowedOptions, ", "))
 	}
 	return nil
 }

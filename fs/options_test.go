@@ -97,3 +97,11 @@ func FuzzParseMountOptions(f *testing.F) {
 		}
 	})
 }
+
+// A huge mount option is quoted by a short prefix only.
+func TestHugeMountOptionQuotedShort(t *testing.T) {
+	_, err := ParseMountOptions(strings.Repeat("Z", 10<<20))
+	if !errors.Is(err, ErrInvalidMountOption) || len(err.Error()) > 400 {
+		t.Fatalf("ParseMountOptions(10 MiB) = %.300v (%d bytes)", err, len(err.Error()))
+	}
+}

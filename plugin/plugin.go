@@ -16,15 +16,25 @@ package plugin
 
 import (
 	"context"
+	"fmt"
+	"regexp"
 	"time"
 
+	"github.com/blockvol/blockvol/internal/quote"
+	"github.com/blockvol/blockvol/internal/sentinel"
 	"github.com/blockvol/blockvol/volumes"
 	"github.com/docker/go-plugins-helpers/volume"
 )
 
-// anonymousUser stands for the ID-less use of dvdcli and Mesos. Docker's
-// mount IDs are 64 hex digits, so it cannot collide with one.
+// anonymousUser stands for the ID-less use of dvdcli and Mesos. No valid
+// mount ID can be it (see userOf).
 const anonymousUser = "<no-id>"
+
+// maxIDLen bounds mount IDs, which are stored with the volume and written
+// at each of its operations. Docker's are 64 hex digits.
+const maxIDLen = 128
+
+var idRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.:-]*$`)
 
 // Driver implements volume.Driver over a volumes.Core.
 type Driver struct {
@@ -39,12 +49,28 @@ func New(core *volumes.Core) *Driver { return &Driver{core: core} }
 // Wait blocks until every operation in flight has returned, or ctx ends.
 func (d *Driver) Wait(ctx context.Context) error { return d.core.Wait(ctx) }
 
-func userOf(id string) string {
-	if id == "" {
-		return anonymousUser
+// userOf returns the core's user of a Mount or Unmount: its ID, or the
+// ID-less user. It refuses reserved, malformed and oversized IDs.
+func userOf(id string) (string, error) {
+	switch {
+	case id == "":
+		return anonymousUser, nil
+	case id == anonymousUser:
+		return "", invalidRequest("mount ID " + quote.Short(id) + " is reserved for mounts without an ID; send no ID instead")
+	case len(id) > maxIDLen:
+		return "", invalidRequest(fmt.Sprintf("mount ID is %d bytes long; the limit is %d (Docker's are 64 hex digits)", len(id), maxIDLen))
+	case !idRE.MatchString(id):
+		return "", invalidRequest("mount ID " + quote.Short(id) + " is not valid: use letters, digits, '_', '.', ':' and '-', starting with a letter or digit (Docker's are 64 hex digits)")
 	}
-	return id
+	return id, nil
 }
+
+// invalidRequest is a refused request; its text is the whole sentence.
+type invalidRequest string
+
+func (e invalidRequest) Error() string { return string(e) }
+
+func (e invalidRequest) Is(target error) bool { return target == sentinel.ErrInvalid }
 
 // Create makes a volume with the given options. Creating a name that exists
 // already returns it unchanged (its stored options win).
@@ -60,7 +86,11 @@ func (d *Driver) Remove(req *volume.RemoveRequest) error {
 // Mount gives the volume to one more container (or the ID-less user) and
 // returns its mountpoint.
 func (d *Driver) Mount(req *volume.MountRequest) (*volume.MountResponse, error) {
-	mp, err := d.core.Use(context.Background(), req.Name, userOf(req.ID))
+	user, err := userOf(req.ID)
+	if err != nil {
+		return nil, err
+	}
+	mp, err := d.core.Use(context.Background(), req.Name, user)
 	if err != nil {
 		return nil, err
 	}
@@ -69,7 +99,11 @@ func (d *Driver) Mount(req *volume.MountRequest) (*volume.MountResponse, error) 
 
 // Unmount releases one container's use.
 func (d *Driver) Unmount(req *volume.UnmountRequest) error {
-	return d.core.Release(context.Background(), req.Name, userOf(req.ID))
+	user, err := userOf(req.ID)
+	if err != nil {
+		return err
+	}
+	return d.core.Release(context.Background(), req.Name, user)
 }
 
 // Get describes one volume; see the package comment for an unreachable

@@ -29,6 +29,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/blockvol/blockvol/internal/quote"
+
 	"github.com/blockvol/blockvol/backends"
 	"github.com/blockvol/blockvol/internal/keyedlock"
 	"github.com/blockvol/blockvol/internal/sentinel"
@@ -200,7 +202,7 @@ func (d *Core) begin(parent context.Context, op, name string, timeout time.Durat
 	ctx, cancel := context.WithTimeout(parent, timeout)
 	return &call{
 		d: d, op: op, ctx: ctx, cancel: cancel, start: time.Now(),
-		log: d.log.With(append([]any{"op", op, "volume", name}, attrs...)...),
+		log: d.log.With(append([]any{"op", op, "volume", quote.Prefix(name)}, attrs...)...),
 	}
 }
 
@@ -256,9 +258,9 @@ func (d *Core) lookup(ctx context.Context, name string) (backends.Volume, string
 		}
 	}
 	if len(failures) > 0 {
-		return backends.Volume{}, "", fmt.Errorf("volume %q could not be looked up: %w", name, errors.Join(failures...))
+		return backends.Volume{}, "", fmt.Errorf("volume %s could not be looked up: %w", quote.Short(name), errors.Join(failures...))
 	}
-	return backends.Volume{}, "", &userError{kind: sentinel.ErrNotFound, msg: fmt.Sprintf("volume %q does not exist", name)}
+	return backends.Volume{}, "", &userError{kind: sentinel.ErrNotFound, msg: fmt.Sprintf("volume %s does not exist", quote.Short(name))}
 }
 
 // knownBackend returns the backend a volume was last seen on, or "".

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"regexp"
 
+	"github.com/blockvol/blockvol/internal/quote"
+
 	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
@@ -44,7 +46,7 @@ func ValidateName(name string) error {
 	case len(name) > maxNameLen:
 		return invalidf("volume name is %d characters long; the limit is %d", len(name), maxNameLen)
 	case !nameRE.MatchString(name):
-		return invalidf("volume name %q is not valid: use letters, digits, '_', '.' and '-', starting with a letter or digit", name)
+		return invalidf("volume name %s is not valid: use letters, digits, '_', '.' and '-', starting with a letter or digit", quote.Short(name))
 	}
 	return nil
 }

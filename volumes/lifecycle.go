@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/blockvol/blockvol/internal/quote"
+
 	"github.com/blockvol/blockvol/backends"
 	"github.com/blockvol/blockvol/internal/sentinel"
 )
@@ -53,7 +55,7 @@ func (d *Core) Create(ctx context.Context, name string, rawOpts map[string]strin
 		// and our create: theirs is the volume.
 		log.Info("volume created concurrently elsewhere; using it")
 	case err != nil: // wraps the backend's class (sentinel.ErrInvalid, ...)
-		return fmt.Errorf("volume %q cannot be created on backend %s: %w", name, opts.Backend, err)
+		return fmt.Errorf("volume %s cannot be created on backend %s: %w", quote.Short(name), opts.Backend, err)
 	}
 	d.remember(name, opts.Backend)
 	log.Info("volume created", "backend", opts.Backend, "size_bytes", opts.SizeBytes, "fstype", opts.FSType)
@@ -74,7 +76,7 @@ func (d *Core) existing(ctx context.Context, log *slog.Logger, name, target stri
 			return bn, nil
 		case errors.Is(err, sentinel.ErrNotFound):
 		case bn == target:
-			return "", fmt.Errorf("volume %q cannot be created: backend %s: %w", name, bn, err)
+			return "", fmt.Errorf("volume %s cannot be created: backend %s: %w", quote.Short(name), bn, err)
 		default:
 			log.Warn("backend not reachable; cannot tell whether it has a volume of this name", "backend", bn, "err", err)
 		}
@@ -96,11 +98,11 @@ func (d *Core) Remove(ctx context.Context, name string) (err error) {
 
 	if r, ok := d.recs.get(name); ok {
 		if len(r.Users) > 0 {
-			return &userError{kind: sentinel.ErrInUse, msg: fmt.Sprintf("volume %q is in use by %d mount(s) on this host; stop the containers using it first", name, len(r.Users))}
+			return &userError{kind: sentinel.ErrInUse, msg: fmt.Sprintf("volume %s is in use by %d mount(s) on this host; stop the containers using it first", quote.Short(name), len(r.Users))}
 		}
 		// A teardown that failed earlier: finish it before removing.
 		if err := d.teardown(ctx, log, r); err != nil {
-			return fmt.Errorf("volume %q cannot be removed: %w", name, err)
+			return fmt.Errorf("volume %s cannot be removed: %w", quote.Short(name), err)
 		}
 	}
 	_, bn, err := d.lookup(ctx, name)
@@ -113,7 +115,7 @@ func (d *Core) Remove(ctx context.Context, name string) (err error) {
 		case errors.Is(err, sentinel.ErrNotFound):
 			// Gone already (removed concurrently elsewhere): done.
 		default: // wraps the backend's class (sentinel.ErrInUse, ...)
-			return fmt.Errorf("volume %q cannot be removed: %w", name, err)
+			return fmt.Errorf("volume %s cannot be removed: %w", quote.Short(name), err)
 		}
 	}
 	d.remember(name, "")

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/blockvol/blockvol/internal/quote"
+
 	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
@@ -15,7 +17,7 @@ func (d *Core) lockVolume(ctx context.Context, name string) (func(), error) {
 	if err != nil {
 		return nil, &userError{
 			kind: sentinel.ErrBusy,
-			msg:  fmt.Sprintf("volume %q is busy: another operation on it did not finish in time (%v); try again", name, err),
+			msg:  fmt.Sprintf("volume %s is busy: another operation on it did not finish in time (%v); try again", quote.Short(name), err),
 			err:  err,
 		}
 	}

@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/blockvol/blockvol/internal/quote"
+
 	"github.com/blockvol/blockvol/backends"
 	"github.com/blockvol/blockvol/fs"
 )
@@ -21,7 +23,7 @@ func (d *Core) Use(ctx context.Context, name, user string) (_ string, err error)
 	defer func() { c.end(err) }()
 	ctx, log := c.ctx, c.log
 	if user == "" {
-		return "", invalidf("volume %q: a use needs a user", name)
+		return "", invalidf("volume %s: a use needs a user", quote.Short(name))
 	}
 	unlock, err := d.acquire(ctx, name)
 	if err != nil {
@@ -34,13 +36,13 @@ func (d *Core) Use(ctx context.Context, name, user string) (_ string, err error)
 	if known && r.Phase == phaseMounted {
 		dev, err := d.cfg.FS.MountedDevice(r.Mountpoint)
 		if err != nil {
-			return "", fmt.Errorf("volume %q: %w", name, err)
+			return "", fmt.Errorf("volume %s: %w", quote.Short(name), err)
 		}
 		if dev != "" {
 			if !r.has(user) {
 				r.add(user)
 				if err := d.recs.put(r); err != nil {
-					return "", fmt.Errorf("volume %q: %w", name, err)
+					return "", fmt.Errorf("volume %s: %w", quote.Short(name), err)
 				}
 			}
 			log.Info("volume mounted for one more user", "users", len(r.Users))
@@ -62,7 +64,7 @@ func (d *Core) Use(ctx context.Context, name, user string) (_ string, err error)
 	r.add(user)
 	r.Phase = phaseMounting
 	if err := d.recs.put(r); err != nil {
-		return "", fmt.Errorf("volume %q: %w", name, err)
+		return "", fmt.Errorf("volume %s: %w", quote.Short(name), err)
 	}
 	r, err = d.bringUp(ctx, log, r, vol)
 	if err == nil {
@@ -71,7 +73,7 @@ func (d *Core) Use(ctx context.Context, name, user string) (_ string, err error)
 	}
 	log.Error("mount failed; undoing", "err", err)
 	d.undoMount(log, r, user)
-	return "", fmt.Errorf("volume %q cannot be mounted: %w", name, err)
+	return "", fmt.Errorf("volume %s cannot be mounted: %w", quote.Short(name), err)
 }
 
 // bringUp attaches, prepares and mounts r's volume and records it mounted.
@@ -217,17 +219,17 @@ func (d *Core) Release(ctx context.Context, name, user string) (err error) {
 	r.remove(user)
 	if len(r.Users) > 0 {
 		if err := d.recs.put(r); err != nil {
-			return fmt.Errorf("volume %q: %w", name, err)
+			return fmt.Errorf("volume %s: %w", quote.Short(name), err)
 		}
 		log.Info("volume released by one user; still mounted", "users", len(r.Users))
 		return nil
 	}
 	r.Phase = phaseUnmounting
 	if err := d.recs.put(r); err != nil {
-		return fmt.Errorf("volume %q: %w", name, err)
+		return fmt.Errorf("volume %s: %w", quote.Short(name), err)
 	}
 	if err := d.teardown(ctx, log, r); err != nil {
-		return fmt.Errorf("volume %q cannot be unmounted: %w", name, err)
+		return fmt.Errorf("volume %s cannot be unmounted: %w", quote.Short(name), err)
 	}
 	log.Info("volume unmounted and detached")
 	return nil

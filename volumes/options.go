@@ -3,6 +3,7 @@ package volumes
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/blockvol/blockvol/internal/quote"
 	"math"
 	"slices"
 	"sort"
@@ -46,6 +47,10 @@ const (
 	// maxSizeBytes bounds `size` far above any real volume (1 PiB) so that
 	// arithmetic on it never overflows.
 	maxSizeBytes = int64(1) << 50
+	// maxOptionLen bounds every option value (Cinder's names of volume
+	// types and zones are at most 255 characters): values are stored with
+	// the volume and passed to backends.
+	maxOptionLen = 255
 )
 
 // fsTypes are the filesystems blockvol makes, with the smallest size each
@@ -90,12 +95,15 @@ func ParseOptions(raw map[string]string, def OptionDefaults, parseMountOpts Moun
 		lk := strings.ToLower(strings.TrimSpace(k))
 		c, ok := optionKeys[lk]
 		if !ok {
-			return Options{}, invalidf("unknown option %q; accepted options are %s", k, acceptedKeys())
+			return Options{}, invalidf("unknown option %s; accepted options are %s", quote.Short(k), acceptedKeys())
 		}
 		if prev, dup := given[c]; dup {
-			return Options{}, invalidf("options %q and %q both set %s; give it once", prev, k, c)
+			return Options{}, invalidf("options %s and %s both set %s; give it once", quote.Short(prev), quote.Short(k), c)
 		}
 		given[c] = k
+		if len(v) > maxOptionLen {
+			return Options{}, invalidf("option %s is %d bytes long; the limit is %d", c, len(v), maxOptionLen)
+		}
 		canon[c] = strings.TrimSpace(v)
 	}
 	get := func(key, fallback string) string {
@@ -113,26 +121,26 @@ func ParseOptions(raw map[string]string, def OptionDefaults, parseMountOpts Moun
 	o.FSType = strings.ToLower(get("fstype", def.FSType))
 	minSize, ok := fsTypes[o.FSType]
 	if !ok {
-		return Options{}, invalidf("option fstype %q is not supported; use ext4 or xfs", o.FSType)
+		return Options{}, invalidf("option fstype %s is not supported; use ext4 or xfs", quote.Short(o.FSType))
 	}
 	if o.SizeBytes < minSize {
 		return Options{}, invalidf("option size %s is too small for %s, which needs at least %s", FormatSize(o.SizeBytes), o.FSType, FormatSize(minSize))
 	}
 	if v, ok := canon["overwritefs"]; ok {
 		if o.OverwriteFS, err = strconv.ParseBool(v); err != nil {
-			return Options{}, invalidf("option overwritefs %q must be true or false", v)
+			return Options{}, invalidf("option overwritefs %s must be true or false", quote.Short(v))
 		}
 	}
 	if v, ok := canon["preempt"]; ok {
 		if o.Preempt, err = strconv.ParseBool(v); err != nil {
-			return Options{}, invalidf("option preempt %q must be true or false", v)
+			return Options{}, invalidf("option preempt %s must be true or false", quote.Short(v))
 		}
 	}
 	o.VolumeType = canon["volumetype"]
 	if v, ok := canon["iops"]; ok {
 		n, err := strconv.Atoi(v)
 		if err != nil || n <= 0 {
-			return Options{}, invalidf("option iops %q must be a positive whole number", v)
+			return Options{}, invalidf("option iops %s must be a positive whole number", quote.Short(v))
 		}
 		o.IOPS = n
 	}
@@ -142,7 +150,7 @@ func ParseOptions(raw map[string]string, def OptionDefaults, parseMountOpts Moun
 	}
 	o.Backend = get("backend", def.Backend)
 	if !slices.Contains(def.Backends, o.Backend) {
-		return Options{}, invalidf("option backend %q is not configured on this host; configured backends: %s", o.Backend, strings.Join(def.Backends, ", "))
+		return Options{}, invalidf("option backend %s is not configured on this host; configured backends: %s", quote.Short(o.Backend), strings.Join(def.Backends, ", "))
 	}
 	return o, nil
 }
@@ -154,7 +162,7 @@ func ParseSize(s string) (int64, error) {
 	orig := s
 	s = strings.TrimSpace(s)
 	bad := func() (int64, error) {
-		return 0, invalidf("option size %q must be a positive whole number of GiB, or a number with a unit such as 512M, 10G or 2T", orig)
+		return 0, invalidf("option size %s must be a positive whole number of GiB, or a number with a unit such as 512M, 10G or 2T", quote.Short(orig))
 	}
 	if s == "" {
 		return bad()
@@ -186,7 +194,7 @@ func ParseSize(s string) (int64, error) {
 		return bad()
 	}
 	if n > math.MaxInt64/unit || n*unit > maxSizeBytes {
-		return 0, invalidf("option size %q is larger than the largest volume blockvol makes (%s)", orig, FormatSize(maxSizeBytes))
+		return 0, invalidf("option size %s is larger than the largest volume blockvol makes (%s)", quote.Short(orig), FormatSize(maxSizeBytes))
 	}
 	return n * unit, nil
 }

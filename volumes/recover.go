@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/blockvol/blockvol/internal/quote"
+
 	"github.com/blockvol/blockvol/backends"
 )
 
@@ -94,7 +96,7 @@ func (d *Core) detachUnrecorded(ctx context.Context) error {
 			}
 			log.Warn("volume attached without a record (an operation killed mid-way); detaching it")
 			if err := d.cfg.Backends[bn].Detach(ctx, name); err != nil {
-				errs = append(errs, fmt.Errorf("volume %q: detach: %w", name, err))
+				errs = append(errs, fmt.Errorf("volume %s: detach: %w", quote.Short(name), err))
 			}
 		}
 	}

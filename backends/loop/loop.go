@@ -78,6 +78,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/blockvol/blockvol/internal/quote"
 	"io/fs"
 	"log/slog"
 	"maps"
@@ -246,11 +247,11 @@ func checkCreate(req backends.CreateRequest) error {
 	}
 	switch {
 	case req.VolumeType != "":
-		return fmt.Errorf("the loop backend does not support option volume type (%q): %w", req.VolumeType, sentinel.ErrInvalid)
+		return fmt.Errorf("the loop backend does not support option volume type (%s): %w", quote.Short(req.VolumeType), sentinel.ErrInvalid)
 	case req.IOPS != 0:
 		return fmt.Errorf("the loop backend does not support option IOPS (%d): %w", req.IOPS, sentinel.ErrInvalid)
 	case req.AvailabilityZone != "":
-		return fmt.Errorf("the loop backend does not support option availability zone (%q): %w", req.AvailabilityZone, sentinel.ErrInvalid)
+		return fmt.Errorf("the loop backend does not support option availability zone (%s): %w", quote.Short(req.AvailabilityZone), sentinel.ErrInvalid)
 	case req.SizeBytes <= 0:
 		return fmt.Errorf("size %d: must be positive: %w", req.SizeBytes, sentinel.ErrInvalid)
 	case req.SizeBytes%sectorSize != 0:
