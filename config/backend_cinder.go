@@ -117,7 +117,7 @@ func (k *CinderConfig) fill(c *Config) {
 	set(&k.Interface, "public")
 	set(&k.AttachAPI, "auto")
 	set(&k.StateDir, filepath.Join(c.StateDir, "cinder"))
-	set(&k.HostUUIDFile, filepath.Join(c.StateDir, "host-uuid"))
+	set(&k.HostUUIDFile, c.HostUUIDFile())
 	if k.RequestTimeout.Duration == 0 {
 		k.RequestTimeout.Duration = 60 * time.Second
 	}

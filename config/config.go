@@ -49,6 +49,8 @@ type Config struct {
 	Backends map[string]BackendConfig `toml:"-"`
 	// Metrics configures the Prometheus endpoint, off by default.
 	Metrics Metrics `toml:"metrics"`
+	// CSI configures the CSI door, off by default.
+	CSI CSI `toml:"csi"`
 }
 
 // Metrics configures the Prometheus endpoint.
@@ -261,6 +263,11 @@ func (c *Config) Validate() error {
 	}
 	if err := validateMetricsListen(c.Metrics.Listen); err != nil {
 		errs = append(errs, err)
+	}
+	if c.CSI.Endpoint != "" {
+		if _, err := CSISocketPath(c.CSI.Endpoint); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	sort.Slice(errs, func(i, j int) bool { return errs[i].Error() < errs[j].Error() })
 	return errors.Join(errs...)

@@ -92,6 +92,9 @@ type Core struct {
 	damage   map[string]string // volume name → why its record was set aside
 
 	inflight sync.WaitGroup
+
+	checksMu sync.Mutex
+	checks   map[string]ClaimCheck // claim prefix → its checker (CheckClaims)
 }
 
 // New validates cfg, loads the records of the state directory and returns

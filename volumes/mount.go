@@ -12,13 +12,40 @@ import (
 
 	"github.com/blockvol/blockvol/backends"
 	"github.com/blockvol/blockvol/fs"
+	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
-// Use gives the volume to one more user (a claim, non-empty) and returns
-// its mountpoint. The first user attaches, formats if blank, and mounts;
+// Claim is one user's use of a volume on this host.
+type Claim struct {
+	Name string
+	// User names the claim: a Docker mount ID, a CSI target path with its
+	// door's prefix. Non-empty.
+	User string
+	// Block asks for the raw block device: attached, neither formatted nor
+	// mounted. A volume in use one way refuses users of the other.
+	Block bool
+	// Preempt takes the volume over from another host that still has it
+	// attached, as the volume's own preempt option does.
+	Preempt bool
+	// Then, when set, runs under the volume's lock once the volume is up,
+	// with its mountpoint (its device, for Block): the door's own step
+	// (a bind mount). When it fails the claim is undone and its error is
+	// returned as it is.
+	Then func(ctx context.Context, at string) error
+}
+
+// Use gives the volume to one more user (non-empty) and returns its
+// mountpoint. The first user attaches, formats if blank, and mounts;
 // later users join the existing mount. A repeated Use by the same user
 // changes nothing.
-func (d *Core) Use(ctx context.Context, name, user string) (_ string, err error) {
+func (d *Core) Use(ctx context.Context, name, user string) (string, error) {
+	return d.Claim(ctx, Claim{Name: name, User: user})
+}
+
+// Claim is Use with the choices of Claim: it returns the mountpoint, or the
+// device of a Block claim.
+func (d *Core) Claim(ctx context.Context, cl Claim) (_ string, err error) {
+	name, user := cl.Name, cl.User
 	c := d.begin(ctx, "mount", name, d.cfg.MountTimeout, "id", shortID(user))
 	defer func() { c.end(err) }()
 	ctx, log := c.ctx, c.log
@@ -33,22 +60,42 @@ func (d *Core) Use(ctx context.Context, name, user string) (_ string, err error)
 
 	r, known := d.recs.get(name)
 	c.backend = r.Backend
+	if known && r.Block != cl.Block {
+		if len(r.Users) > 0 {
+			return "", &userError{kind: sentinel.ErrInUse, msg: fmt.Sprintf("volume %q is in use %s by %d user(s) on this host; it cannot be used %s at the same time", name, useKind(r.Block), len(r.Users), useKind(cl.Block))}
+		}
+		// A teardown that failed earlier: finish it before changing kind.
+		if err := d.teardown(ctx, log, r); err != nil {
+			return "", fmt.Errorf("volume %q: %w", name, err)
+		}
+		known = false
+	}
 	if known && r.Phase == phaseMounted {
-		dev, err := d.cfg.FS.MountedDevice(r.Mountpoint)
+		up, err := d.isUp(r)
 		if err != nil {
 			return "", fmt.Errorf("volume %s: %w", quote.Short(name), err)
 		}
-		if dev != "" {
-			if !r.has(user) {
+		if up {
+			had := r.has(user)
+			if !had {
 				r.add(user)
 				if err := d.recs.put(r); err != nil {
 					return "", fmt.Errorf("volume %s: %w", quote.Short(name), err)
 				}
 			}
-			log.Info("volume mounted for one more user", "users", len(r.Users))
-			return r.Mountpoint, nil
+			if err := d.then(ctx, cl, r); err != nil {
+				if !had {
+					r.remove(user)
+					if perr := d.recs.put(r); perr != nil {
+						log.Error("undo: record not updated", "err", perr)
+					}
+				}
+				return "", err
+			}
+			log.Info("volume in use by one more user", "users", len(r.Users))
+			return r.at(), nil
 		}
-		log.Warn("volume was recorded as mounted but its mount is gone; mounting it again", "mountpoint", r.Mountpoint)
+		log.Warn("volume was recorded as up but is not any more; bringing it up again", "mountpoint", r.Mountpoint, "device", r.Device)
 	}
 
 	vol, bn, err := d.lookup(ctx, name)
@@ -56,7 +103,10 @@ func (d *Core) Use(ctx context.Context, name, user string) (_ string, err error)
 		return "", err
 	}
 	if !known {
-		r = record{Name: name, Backend: bn, Mountpoint: d.mountpoint(name)}
+		r = record{Name: name, Backend: bn, Mountpoint: d.mountpoint(name), Block: cl.Block}
+		if cl.Block {
+			r.Mountpoint = ""
+		}
 	}
 	c.backend = r.Backend
 	// Claim before any host change, so that a crash in the middle leaves a
@@ -66,18 +116,55 @@ func (d *Core) Use(ctx context.Context, name, user string) (_ string, err error)
 	if err := d.recs.put(r); err != nil {
 		return "", fmt.Errorf("volume %s: %w", quote.Short(name), err)
 	}
-	r, err = d.bringUp(ctx, log, r, vol)
+	r, err = d.bringUp(ctx, log, r, vol, cl.Preempt)
 	if err == nil {
-		log.Info("volume mounted", "device", r.Device, "mountpoint", r.Mountpoint, "users", len(r.Users))
-		return r.Mountpoint, nil
+		if err := d.then(ctx, cl, r); err != nil {
+			log.Error("the door's step failed; undoing", "err", err)
+			d.undoMount(log, r, user)
+			return "", err
+		}
+		log.Info("volume up", "device", r.Device, "mountpoint", r.Mountpoint, "users", len(r.Users))
+		return r.at(), nil
 	}
 	log.Error("mount failed; undoing", "err", err)
 	d.undoMount(log, r, user)
 	return "", fmt.Errorf("volume %s cannot be mounted: %w", quote.Short(name), err)
 }
 
+func (d *Core) then(ctx context.Context, cl Claim, r record) error {
+	if cl.Then == nil {
+		return nil
+	}
+	return cl.Then(ctx, r.at())
+}
+
+// isUp reports whether r's volume is still what r says: mounted at its
+// mountpoint, or (Block) its device still there.
+func (d *Core) isUp(r record) (bool, error) {
+	if r.Block {
+		fi, err := os.Stat(r.Device)
+		if errors.Is(err, os.ErrNotExist) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		return fi.Mode()&os.ModeDevice != 0, nil
+	}
+	dev, err := d.cfg.FS.MountedDevice(r.Mountpoint)
+	return dev != "", err
+}
+
+func useKind(block bool) string {
+	if block {
+		return "as a raw block device"
+	}
+	return "as a filesystem"
+}
+
 // bringUp attaches, prepares and mounts r's volume and records it mounted.
-func (d *Core) bringUp(ctx context.Context, log *slog.Logger, r record, vol backends.Volume) (record, error) {
+// A Block record is attached only. preempt adds to the volume's own option.
+func (d *Core) bringUp(ctx context.Context, log *slog.Logger, r record, vol backends.Volume, preempt bool) (record, error) {
 	be, err := d.backend(r.Backend)
 	if err != nil {
 		return r, err
@@ -86,12 +173,16 @@ func (d *Core) bringUp(ctx context.Context, log *slog.Logger, r record, vol back
 	if err != nil {
 		return r, err
 	}
-	dev, err := be.Attach(ctx, r.Name, backends.AttachOptions{Preempt: opts.Preempt})
+	dev, err := be.Attach(ctx, r.Name, backends.AttachOptions{Preempt: opts.Preempt || preempt})
 	if err != nil {
 		return r, fmt.Errorf("attach: %w", err)
 	}
 	r.Device = dev
 	log = log.With("device", dev)
+	if r.Block {
+		r.Phase = phaseMounted
+		return r, d.recs.put(r)
+	}
 
 	current, err := d.cfg.FS.MountedDevice(r.Mountpoint)
 	if err != nil {
@@ -192,7 +283,15 @@ func (d *Core) undoMount(log *slog.Logger, r record, user string) {
 
 // Release ends one user's use; the last user's release unmounts and
 // detaches the volume.
-func (d *Core) Release(ctx context.Context, name, user string) (err error) {
+func (d *Core) Release(ctx context.Context, name, user string) error {
+	return d.Unclaim(ctx, name, user, nil)
+}
+
+// Unclaim is Release with the door's own step: first, when set, runs under
+// the volume's lock before the claim is dropped, whether or not user holds
+// one (it must be idempotent: an unmount of the door's bind mount, say).
+// When first fails the claim stays.
+func (d *Core) Unclaim(ctx context.Context, name, user string, first func(ctx context.Context) error) (err error) {
 	c := d.begin(ctx, "unmount", name, d.cfg.OtherTimeout, "id", shortID(user))
 	defer func() { c.end(err) }()
 	ctx, log := c.ctx, c.log
@@ -201,6 +300,11 @@ func (d *Core) Release(ctx context.Context, name, user string) (err error) {
 		return err
 	}
 	defer unlock()
+	if first != nil {
+		if err := first(ctx); err != nil {
+			return err
+		}
+	}
 
 	r, ok := d.recs.get(name)
 	c.backend = r.Backend
@@ -239,11 +343,13 @@ func (d *Core) Release(ctx context.Context, name, user string) (err error) {
 // step is idempotent, so a teardown interrupted by a crash or an error is
 // finished by running it again.
 func (d *Core) teardown(ctx context.Context, log *slog.Logger, r record) error {
-	if err := d.cfg.FS.Unmount(ctx, r.Mountpoint); err != nil {
-		return fmt.Errorf("unmount %s: %w", r.Mountpoint, err)
-	}
-	if err := os.Remove(r.Mountpoint); err != nil && !errors.Is(err, os.ErrNotExist) {
-		log.Warn("mountpoint directory not removed", "err", err)
+	if r.Mountpoint != "" {
+		if err := d.cfg.FS.Unmount(ctx, r.Mountpoint); err != nil {
+			return fmt.Errorf("unmount %s: %w", r.Mountpoint, err)
+		}
+		if err := os.Remove(r.Mountpoint); err != nil && !errors.Is(err, os.ErrNotExist) {
+			log.Warn("mountpoint directory not removed", "err", err)
+		}
 	}
 	be, err := d.backend(r.Backend)
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/blockvol/blockvol/backends"
 	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
@@ -23,6 +24,8 @@ type Info struct {
 	OptionsKnown bool
 	// Status holds backend facts (backends.Volume.Status).
 	Status map[string]any
+	// Annotations are those set with Annotate.
+	Annotations map[string]string
 	// Local is this host's use of the volume; nil when it has none.
 	Local *Local
 	// Unreachable is set when the backend could not be asked and the
@@ -37,6 +40,7 @@ type Info struct {
 type Local struct {
 	Phase      string // mounting, mounted or unmounting
 	Users      int
+	Block      bool // in use as a raw block device
 	Device     string
 	Mountpoint string // where the volume is (or is being) mounted
 }
@@ -50,7 +54,7 @@ func (l *Local) MountedAt() string {
 }
 
 func localOf(r record) *Local {
-	return &Local{Phase: r.Phase, Users: len(r.Users), Device: r.Device, Mountpoint: r.Mountpoint}
+	return &Local{Phase: r.Phase, Users: len(r.Users), Device: r.Device, Mountpoint: r.Mountpoint, Block: r.Block}
 }
 
 // Get describes one volume. Queries take no volume lock: Docker calls Get
@@ -93,7 +97,7 @@ func (d *Core) Get(ctx context.Context, name string) (info Info, err error) {
 		}
 		return Info{}, err
 	}
-	info = Info{Name: vol.Name, Backend: bn, SizeBytes: vol.SizeBytes, CreatedAt: vol.CreatedAt, Status: vol.Status}
+	info = Info{Name: vol.Name, Backend: bn, SizeBytes: vol.SizeBytes, CreatedAt: vol.CreatedAt, Status: vol.Status, Annotations: annotations(vol.Meta)}
 	if opts, err := decodeMeta(vol.Meta, d.defaults); err == nil {
 		info.Options, info.OptionsKnown = opts, true
 	}
@@ -154,3 +158,37 @@ func (d *Core) Path(ctx context.Context, name string) (_ string, err error) {
 	}
 	return "", nil
 }
+
+// Capacity is the free capacity of backend (the default backend for ""),
+// when it can tell (backends.CapacityReporter); known is false otherwise.
+func (d *Core) Capacity(ctx context.Context, backend string) (bytes int64, known bool, err error) {
+	if backend == "" {
+		backend = d.cfg.Defaults.Backend
+	}
+	be, err := d.backend(backend)
+	if err != nil {
+		return 0, false, &userError{kind: sentinel.ErrInvalid, msg: err.Error()}
+	}
+	cr, ok := be.(backends.CapacityReporter)
+	if !ok {
+		return 0, false, nil
+	}
+	n, err := cr.AvailableBytes(ctx)
+	return n, err == nil, err
+}
+
+// DefaultBackend is the backend a create without the backend option uses.
+func (d *Core) DefaultBackend() string { return d.cfg.Defaults.Backend }
+
+// BackendScope is the scope (backends.ScopeLocal or ScopeGlobal) of a
+// configured backend, "" for an unknown one.
+func (d *Core) BackendScope(backend string) string {
+	be, ok := d.cfg.Backends[backend]
+	if !ok {
+		return ""
+	}
+	return be.Scope()
+}
+
+// DefaultOptions are the options of a create that gives none.
+func (d *Core) DefaultOptions() Options { return d.defaults }

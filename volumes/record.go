@@ -30,7 +30,17 @@ type record struct {
 	Phase      string   `json:"phase"`
 	Users      []string `json:"users"` // sorted set of claims (Docker mount IDs, ...)
 	Device     string   `json:"device,omitempty"`
-	Mountpoint string   `json:"mountpoint"`
+	Mountpoint string   `json:"mountpoint"` // "" for Block
+	// Block: the volume is in use as a raw block device (attached only).
+	Block bool `json:"block,omitempty"`
+}
+
+// at is where the users find the volume: its mountpoint, or its device.
+func (r *record) at() string {
+	if r.Block {
+		return r.Device
+	}
+	return r.Mountpoint
 }
 
 // check reports a record that cannot be what this code wrote for name.

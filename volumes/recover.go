@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"github.com/blockvol/blockvol/internal/quote"
 
@@ -12,8 +13,10 @@ import (
 
 // Recover reconciles the records left by an earlier run with what the host
 // really has, before the front doors serve:
-//   - mounted, with users, and the mount is there: kept; the containers go
-//     on, and their Unmounts will work;
+//   - mounted, with users, and the mount (a Block volume: its device) is
+//     there: kept; the containers go on, and their Unmounts will work;
+//     claims a door's ClaimCheck reports dead are dropped first, and a
+//     volume left with none is torn down;
 //   - mounted, with users, but the mount is gone (the host rebooted): the
 //     users are stale; the volume is detached and the record dropped;
 //   - mounting (a crash in the middle of a use, whose caller got no
@@ -36,16 +39,14 @@ func (d *Core) Recover(ctx context.Context) error {
 		}
 		log := d.log.With("op", "recover", "volume", name, "phase", r.Phase, "users", len(r.Users))
 		if r.Phase == phaseMounted && len(r.Users) > 0 {
-			dev, err := d.cfg.FS.MountedDevice(r.Mountpoint)
+			kept, err := d.recoverUsers(log, r)
 			if err != nil {
 				errs = append(errs, err)
 				continue
 			}
-			if dev != "" {
-				log.Info("volume still mounted; keeping it for its users", "device", dev)
+			if kept {
 				continue
 			}
-			log.Warn("volume was mounted before but its mount is gone (reboot?); releasing its stale users")
 		} else {
 			log.Warn("finishing an operation interrupted by a restart")
 		}
@@ -101,6 +102,37 @@ func (d *Core) detachUnrecorded(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// recoverUsers decides the fate of a volume that was up with users: kept
+// (true) when it is still up and some claim is still held, its dead claims
+// dropped; false when it must be torn down.
+func (d *Core) recoverUsers(log *slog.Logger, r record) (bool, error) {
+	up, err := d.isUp(r)
+	if err != nil {
+		return false, err
+	}
+	if !up {
+		log.Warn("volume was up before but is not any more (reboot?); releasing its stale users")
+		return false, nil
+	}
+	live, err := d.liveClaims(r)
+	if err != nil {
+		return false, err
+	}
+	if len(live) == 0 {
+		log.Warn("no claim of the volume survived the restart; releasing it")
+		return false, nil
+	}
+	if len(live) < len(r.Users) {
+		log.Warn("dropping claims that did not survive the restart", "dropped", len(r.Users)-len(live))
+		r.Users = live
+		if err := d.recs.put(r); err != nil {
+			return false, err
+		}
+	}
+	log.Info("volume still up; keeping it for its users", "device", r.Device, "users", len(live))
+	return true, nil
 }
 
 func (d *Core) recordNames() []string {

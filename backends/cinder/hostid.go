@@ -1,51 +1,22 @@
 package cinder
 
 import (
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 
 	"github.com/blockvol/blockvol/iscsi"
 	"github.com/blockvol/blockvol/state"
 )
 
-var uuidRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+var uuidRE = state.UUIDPattern
 
-// hostUUID returns this host's UUID: read from path, or generated (random,
-// version 4) and stored there, atomically, the first time.
-func hostUUID(path string) (string, error) {
-	data, err := os.ReadFile(path)
-	if err == nil {
-		id := strings.TrimSpace(string(data))
-		if !uuidRE.MatchString(id) {
-			return "", fmt.Errorf("host UUID file %s holds %q, not a UUID (delete it to have a new one generated)", path, id)
-		}
-		return strings.ToLower(id), nil
-	}
-	if !errors.Is(err, fs.ErrNotExist) {
-		return "", fmt.Errorf("read host UUID: %w", err)
-	}
-	var b [16]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		return "", err
-	}
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	id := fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return "", fmt.Errorf("store host UUID: %w", err)
-	}
-	if err := state.WriteFileAtomic(path, []byte(id+"\n"), 0o644); err != nil {
-		return "", fmt.Errorf("store host UUID: %w", err)
-	}
-	return id, nil
-}
+// hostUUID returns this host's UUID (state.HostUUID).
+func hostUUID(path string) (string, error) { return state.HostUUID(path) }
 
 // record is what this host remembers of a volume it attached: enough to
 // log out of the target even after Cinder has forgotten the attachment (a

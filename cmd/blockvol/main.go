@@ -16,8 +16,10 @@ var version = "dev"
 const usage = `usage: blockvol <command> [flags]
 
 commands:
-  serve [--config FILE]   serve the Docker volume plugin socket (takes the
-                          socket from systemd when socket-activated)
+  serve [--config FILE] [--csi-endpoint unix:///PATH]
+                          serve the Docker volume plugin socket (takes the
+                          socket from systemd when socket-activated), and
+                          CSI when an endpoint is given (docs/csi.md)
   volume ls|inspect|create|rm|mount|unmount
                           manage volumes through the running plugin
                           (blockvol volume --help)
@@ -40,10 +42,11 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fl := flag.NewFlagSet("serve", flag.ContinueOnError)
 		fl.SetOutput(stderr)
 		configPath := fl.String("config", defaultConfigPath, "configuration file (TOML)")
+		csiEndpoint := fl.String("csi-endpoint", "", "also serve CSI on this endpoint, unix:///PATH (overrides csi.endpoint)")
 		if err := fl.Parse(args[1:]); err != nil {
 			return 2
 		}
-		if err := serve(*configPath, stderr); err != nil {
+		if err := serve(*configPath, *csiEndpoint, stderr); err != nil {
 			fmt.Fprintf(stderr, "blockvol: %v\n", err)
 			return 1
 		}

@@ -35,10 +35,16 @@ const shutdownGrace = 150 * time.Second
 // recoverTimeout bounds the reconciliation of earlier state at start.
 const recoverTimeout = 2 * time.Minute
 
-func serve(configPath string, stderr io.Writer) error {
+func serve(configPath, csiEndpoint string, stderr io.Writer) error {
 	cfg, err := config.Load(configPath)
 	if err != nil {
 		return err
+	}
+	if csiEndpoint != "" {
+		if _, err := config.CSISocketPath(csiEndpoint); err != nil {
+			return fmt.Errorf("--csi-endpoint: %w", err)
+		}
+		cfg.CSI.Endpoint = csiEndpoint
 	}
 	log := newLogger(cfg.LogLevel, stderr)
 	slog.SetDefault(log)
@@ -73,11 +79,22 @@ func serve(configPath string, stderr io.Writer) error {
 		stop := startMetrics(m, cfg.Metrics.Listen, log)
 		defer stop()
 	}
+	door, err := newCSIDoor(cfg, core, log)
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), recoverTimeout)
 	if err := core.Recover(ctx); err != nil {
 		log.Error("recovery left work undone; it is retried at each volume's next operation", "err", err)
 	}
 	cancel()
+	if door != nil {
+		stop, err := door.serve()
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 
 	sigs := make(chan os.Signal, 1)
 	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)

@@ -1,0 +1,213 @@
+package csi
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"syscall"
+
+	"github.com/blockvol/blockvol/volumes"
+	csipb "github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// blockFileName is the file in a block volume's staging directory on which
+// its device node is bind-mounted.
+const blockFileName = "blockvol-device"
+
+func blockFile(staging string) string { return filepath.Join(staging, blockFileName) }
+
+// NodeGetCapabilities: staging, and volume stats.
+func (s *Server) NodeGetCapabilities(context.Context, *csipb.NodeGetCapabilitiesRequest) (*csipb.NodeGetCapabilitiesResponse, error) {
+	var caps []*csipb.NodeServiceCapability
+	for _, t := range []csipb.NodeServiceCapability_RPC_Type{
+		csipb.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
+		csipb.NodeServiceCapability_RPC_GET_VOLUME_STATS,
+	} {
+		caps = append(caps, &csipb.NodeServiceCapability{Type: &csipb.NodeServiceCapability_Rpc{Rpc: &csipb.NodeServiceCapability_RPC{Type: t}}})
+	}
+	return &csipb.NodeGetCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+// NodeGetInfo: the node id is this host's UUID.
+func (s *Server) NodeGetInfo(context.Context, *csipb.NodeGetInfoRequest) (*csipb.NodeGetInfoResponse, error) {
+	return &csipb.NodeGetInfoResponse{NodeId: s.cfg.NodeID}, nil
+}
+
+func absPath(what, p string) error {
+	if p == "" {
+		return invalid("%s is missing", what)
+	}
+	if !filepath.IsAbs(p) {
+		return invalid("%s %q is not absolute", what, short(p))
+	}
+	return nil
+}
+
+// NodeStageVolume brings the volume up on this host (attach; make the
+// filesystem on a blank device only; mount once at the core's mountpoint)
+// under the claim csi-stage:<staging path>, and bind-mounts it at the
+// staging path (a raw block volume: its device on a file in it).
+func (s *Server) NodeStageVolume(ctx context.Context, req *csipb.NodeStageVolumeRequest) (*csipb.NodeStageVolumeResponse, error) {
+	id, staging, vc := req.GetVolumeId(), req.GetStagingTargetPath(), req.GetVolumeCapability()
+	if id == "" {
+		return nil, invalid("volume_id is missing")
+	}
+	if err := absPath("staging_target_path", staging); err != nil {
+		return nil, err
+	}
+	if vc == nil {
+		return nil, invalid("volume_capability is missing")
+	}
+	if why := unsupported(vc); why != "" {
+		return nil, invalid("%s", why)
+	}
+	staging = filepath.Clean(staging)
+	block := vc.GetBlock() != nil
+	cl := volumes.Claim{
+		Name: id, User: stagePrefix + staging, Block: block,
+		Preempt: req.GetPublishContext()["preempt"] == "true",
+		Then: func(ctx context.Context, at string) error {
+			target := staging
+			if block {
+				target = blockFile(staging)
+			}
+			return s.bind(ctx, at, target, false)
+		},
+	}
+	if _, err := s.core.Claim(ctx, cl); err != nil {
+		return nil, toStatus(err)
+	}
+	return &csipb.NodeStageVolumeResponse{}, nil
+}
+
+// bind is Mounts.Bind with its "mounted differently" as ALREADY_EXISTS.
+func (s *Server) bind(ctx context.Context, source, target string, readOnly bool) error {
+	err := s.cfg.Mounts.Bind(ctx, source, target, readOnly)
+	if err != nil && s.cfg.ErrMountedDifferently != nil && errors.Is(err, s.cfg.ErrMountedDifferently) {
+		return status.Error(codes.AlreadyExists, err.Error())
+	}
+	return err
+}
+
+// NodeUnstageVolume unmounts the staging path and drops its claim; the
+// last claim of the volume on this host (CSI's or Docker's) unmounts and
+// detaches it.
+func (s *Server) NodeUnstageVolume(ctx context.Context, req *csipb.NodeUnstageVolumeRequest) (*csipb.NodeUnstageVolumeResponse, error) {
+	id, staging := req.GetVolumeId(), req.GetStagingTargetPath()
+	if id == "" {
+		return nil, invalid("volume_id is missing")
+	}
+	if err := absPath("staging_target_path", staging); err != nil {
+		return nil, err
+	}
+	staging = filepath.Clean(staging)
+	err := s.core.Unclaim(ctx, id, stagePrefix+staging, func(ctx context.Context) error {
+		if err := s.cfg.Mounts.Unbind(ctx, blockFile(staging)); err != nil {
+			return err
+		}
+		// The staging directory is the CO's: unmount it, keep it.
+		return s.cfg.Mounts.Unmount(ctx, staging)
+	})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &csipb.NodeUnstageVolumeResponse{}, nil
+}
+
+// NodePublishVolume bind-mounts the staged volume at the target path
+// (read-only when asked) under the claim csi-publish:<target path>.
+func (s *Server) NodePublishVolume(ctx context.Context, req *csipb.NodePublishVolumeRequest) (*csipb.NodePublishVolumeResponse, error) {
+	id, staging, target, vc := req.GetVolumeId(), req.GetStagingTargetPath(), req.GetTargetPath(), req.GetVolumeCapability()
+	if id == "" {
+		return nil, invalid("volume_id is missing")
+	}
+	if err := absPath("target_path", target); err != nil {
+		return nil, err
+	}
+	if vc == nil {
+		return nil, invalid("volume_capability is missing")
+	}
+	if err := absPath("staging_target_path", staging); err != nil {
+		return nil, err
+	}
+	if why := unsupported(vc); why != "" {
+		return nil, invalid("%s", why)
+	}
+	staging, target = filepath.Clean(staging), filepath.Clean(target)
+	block := vc.GetBlock() != nil
+	if !s.core.Holds(id, stagePrefix+staging) {
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %q is not staged at %s; NodeStageVolume first", id, staging)
+	}
+	readOnly := req.GetReadonly() || vc.GetAccessMode().GetMode() == csipb.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
+	cl := volumes.Claim{
+		Name: id, User: publishPrefix + target, Block: block,
+		Then: func(ctx context.Context, at string) error {
+			source := staging
+			if block {
+				source = blockFile(staging)
+			}
+			if ok, err := s.cfg.Mounts.IsMountPoint(source); err != nil || !ok {
+				return status.Errorf(codes.FailedPrecondition, "volume %q is not staged at %s (%v); NodeStageVolume first", id, staging, err)
+			}
+			return s.bind(ctx, source, target, readOnly)
+		},
+	}
+	if _, err := s.core.Claim(ctx, cl); err != nil {
+		return nil, toStatus(err)
+	}
+	return &csipb.NodePublishVolumeResponse{}, nil
+}
+
+// NodeUnpublishVolume unmounts and removes the target path and drops its
+// claim.
+func (s *Server) NodeUnpublishVolume(ctx context.Context, req *csipb.NodeUnpublishVolumeRequest) (*csipb.NodeUnpublishVolumeResponse, error) {
+	id, target := req.GetVolumeId(), req.GetTargetPath()
+	if id == "" {
+		return nil, invalid("volume_id is missing")
+	}
+	if err := absPath("target_path", target); err != nil {
+		return nil, err
+	}
+	target = filepath.Clean(target)
+	err := s.core.Unclaim(ctx, id, publishPrefix+target, func(ctx context.Context) error {
+		return s.cfg.Mounts.Unbind(ctx, target)
+	})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &csipb.NodeUnpublishVolumeResponse{}, nil
+}
+
+// NodeGetVolumeStats reports the usage of a volume at a path where CSI
+// staged or published it.
+func (s *Server) NodeGetVolumeStats(ctx context.Context, req *csipb.NodeGetVolumeStatsRequest) (*csipb.NodeGetVolumeStatsResponse, error) {
+	id, path := req.GetVolumeId(), req.GetVolumePath()
+	if id == "" {
+		return nil, invalid("volume_id is missing")
+	}
+	if path == "" {
+		return nil, invalid("volume_path is missing")
+	}
+	path = filepath.Clean(path)
+	if !s.core.Holds(id, publishPrefix+path) && !s.core.Holds(id, stagePrefix+path) {
+		return nil, status.Errorf(codes.NotFound, "volume %q is not staged or published at %s on this node", id, short(path))
+	}
+	info, err := s.core.Get(ctx, id)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if info.Local != nil && info.Local.Block {
+		return &csipb.NodeGetVolumeStatsResponse{Usage: []*csipb.VolumeUsage{{Unit: csipb.VolumeUsage_BYTES, Total: info.SizeBytes}}}, nil
+	}
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(path, &st); err != nil {
+		return nil, status.Errorf(codes.NotFound, "volume %q at %s: %v", id, short(path), err)
+	}
+	bs := int64(st.Bsize)
+	return &csipb.NodeGetVolumeStatsResponse{Usage: []*csipb.VolumeUsage{
+		{Unit: csipb.VolumeUsage_BYTES, Total: int64(st.Blocks) * bs, Available: int64(st.Bavail) * bs, Used: int64(st.Blocks-st.Bfree) * bs},
+		{Unit: csipb.VolumeUsage_INODES, Total: int64(st.Files), Available: int64(st.Ffree), Used: int64(st.Files - st.Ffree)},
+	}}, nil
+}
