@@ -37,13 +37,15 @@ var (
 var SupportedFSTypes = []string{"ext4", "xfs"}
 
 // MinSizeBytes is the smallest device on which fstype can be created, or 0
-// for a type this package does not create. mkfs.xfs (xfsprogs 6.1) refuses
-// filesystems under 300 MB; ext4 has no such rule, 16 MiB is a floor below
-// which a volume is of no use (and the journal barely fits).
+// for a type this package does not create: the one place that knows it.
+// mkfs.xfs (xfsprogs 6.1) refuses devices under 300 MiB (its message says
+// "300MB"; it means 314572800 bytes; TestRootMinSizeIsMkfsMinimum checks
+// it); ext4 has no such rule, 16 MiB is a floor below which a volume is
+// of no use (and the journal barely fits).
 func MinSizeBytes(fstype string) int64 {
 	switch fstype {
 	case "xfs":
-		return 300 * 1000 * 1000
+		return 300 << 20
 	case "ext4":
 		return 16 << 20
 	}

@@ -242,7 +242,7 @@ func TestPrepareCanceledContext(t *testing.T) {
 }
 
 func TestMinSizeBytes(t *testing.T) {
-	for fstype, want := range map[string]int64{"xfs": 300_000_000, "ext4": 16 << 20, "btrfs": 0} {
+	for fstype, want := range map[string]int64{"xfs": 300 << 20, "ext4": 16 << 20, "btrfs": 0} {
 		if got := MinSizeBytes(fstype); got != want {
 			t.Errorf("MinSizeBytes(%q) = %d, want %d", fstype, got, want)
 		}

@@ -452,3 +452,29 @@ func countMounts(t *testing.T, target string) int {
 	}
 	return n
 }
+
+// MinSizeBytes is what the real mkfs accepts: each supported type is made
+// on a file of exactly its minimum, and mkfs.xfs refuses one 4 KiB smaller
+// (our minimum is its minimum, not a guess above or below it).
+func TestRootMinSizeIsMkfsMinimum(t *testing.T) {
+	for _, fstype := range SupportedFSTypes {
+		requireTools(t, "mkfs."+fstype)
+		for _, size := range []int64{MinSizeBytes(fstype), MinSizeBytes(fstype) - 4096} {
+			img := filepath.Join(t.TempDir(), "img")
+			if err := os.WriteFile(img, nil, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Truncate(img, size); err != nil {
+				t.Fatal(err)
+			}
+			argv := mkfsArgv(fstype, img)
+			out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
+			switch {
+			case size == MinSizeBytes(fstype) && err != nil:
+				t.Errorf("%s refuses %d bytes, our minimum: %v: %s", argv[0], size, err, out)
+			case size < MinSizeBytes(fstype) && err == nil && fstype == "xfs":
+				t.Errorf("%s accepts %d bytes, below our minimum %d: the minimum is too high", argv[0], size, MinSizeBytes(fstype))
+			}
+		}
+	}
+}

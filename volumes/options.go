@@ -3,6 +3,7 @@ package volumes
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/blockvol/blockvol/fs"
 	"github.com/blockvol/blockvol/internal/quote"
 	"math"
 	"slices"
@@ -52,13 +53,6 @@ const (
 	// the volume and passed to backends.
 	maxOptionLen = 255
 )
-
-// fsTypes are the filesystems blockvol makes, with the smallest size each
-// accepts (xfsprogs refuses filesystems under 300 MB).
-var fsTypes = map[string]int64{
-	"ext4": 16 << 20,
-	"xfs":  300 * 1000 * 1000,
-}
 
 // optionKeys maps every accepted key (lower case) to its canonical name.
 var optionKeys = map[string]string{
@@ -119,8 +113,8 @@ func ParseOptions(raw map[string]string, def OptionDefaults, parseMountOpts Moun
 		return Options{}, err
 	}
 	o.FSType = strings.ToLower(get("fstype", def.FSType))
-	minSize, ok := fsTypes[o.FSType]
-	if !ok {
+	minSize := fs.MinSizeBytes(o.FSType)
+	if minSize == 0 {
 		return Options{}, invalidf("option fstype %s is not supported; use ext4 or xfs", quote.Short(o.FSType))
 	}
 	if o.SizeBytes < minSize {
