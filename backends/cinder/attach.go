@@ -508,20 +508,8 @@ func (b *Backend) Detach(ctx context.Context, name string) error {
 		return opErr(op, name, err)
 	}
 	if !b.claimedHere(v) || !busy(v) {
-		// Not (or no longer) ours in Cinder.
-		if rec != nil {
-			log.Info("volume is no longer attached here in Cinder; logging out of its old target", "status", v.Status, "holder", b.holder(v))
-			if err := b.ini.Detach(ctx, rec.target()); err != nil {
-				return opErrf(op, name, "log out of iSCSI target %s: %w", rec.IQN, err)
-			}
-			if err := b.removeRecord(v.ID); err != nil {
-				return opErr(op, name, err)
-			}
-		}
-		if b.claimedHere(v) {
-			if err := b.unclaim(ctx, c, v.ID); err != nil {
-				return opErr(op, name, err)
-			}
+		if err := b.forgetStale(ctx, c, v, rec, log); err != nil {
+			return opErr(op, name, err)
 		}
 		return nil
 	}
@@ -543,36 +531,13 @@ func (b *Backend) Detach(ctx context.Context, name string) error {
 	if rec != nil {
 		api = rec.API
 	}
-	attachmentID := b.attachmentID(v, rec)
 	if api == AttachLegacy {
-		if err := volumes.BeginDetaching(ctx, c.base(), v.ID).ExtractErr(); err != nil {
-			return opErr(op, name, b.cinderError(c.sc, "begin detaching", err))
-		}
-	}
-	if err := b.ini.Detach(ctx, t); err != nil {
-		if api == AttachLegacy {
-			b.cleanup(ctx, func(ctx context.Context) error {
-				return b.action(ctx, c, v.ID, map[string]any{"os-roll_detaching": map[string]any{}}, nil)
-			}, log, "roll back os-begin_detaching")
-		}
-		return opErrf(op, name, "log out of iSCSI target %s: %w", t.IQN, err)
-	}
-	if api == AttachLegacy {
-		connector, err := b.connector(c)
-		if err != nil {
-			return opErr(op, name, err)
-		}
-		if err := b.terminate(ctx, c, v.ID, connector); err != nil {
-			return opErr(op, name, err)
-		}
-		if err := volumes.Detach(ctx, c.base(), v.ID, volumes.DetachOpts{AttachmentID: attachmentID}).ExtractErr(); err != nil {
-			return opErr(op, name, b.cinderError(c.sc, "detach (os-detach)", err))
-		}
+		err = b.detachLegacy(ctx, c, v, t, b.attachmentID(v, rec), log)
 	} else {
-		err := attachments.Delete(ctx, c.at(mvAttachments), attachmentID).ExtractErr()
-		if err != nil && !gophercloud.ResponseCodeIs(err, http.StatusNotFound) {
-			return opErr(op, name, b.cinderError(c.sc, "delete attachment "+attachmentID, err))
-		}
+		err = b.detachNew(ctx, c, v, t, b.attachmentID(v, rec))
+	}
+	if err != nil {
+		return opErr(op, name, err)
 	}
 	if err := b.unclaim(ctx, c, v.ID); err != nil {
 		return opErr(op, name, err)
@@ -581,6 +546,64 @@ func (b *Backend) Detach(ctx context.Context, name string) error {
 		return opErr(op, name, err)
 	}
 	log.Info("volume detached")
+	return nil
+}
+
+// forgetStale handles a volume Cinder no longer shows attached here: it
+// logs out of the target still recorded for it and drops the record and
+// the claim of this host.
+func (b *Backend) forgetStale(ctx context.Context, c *conn, v *volumes.Volume, rec *record, log *slog.Logger) error {
+	if rec != nil {
+		log.Info("volume is no longer attached here in Cinder; logging out of its old target", "status", v.Status, "holder", b.holder(v))
+		if err := b.ini.Detach(ctx, rec.target()); err != nil {
+			return fmt.Errorf("log out of iSCSI target %s: %w", rec.IQN, err)
+		}
+		if err := b.removeRecord(v.ID); err != nil {
+			return err
+		}
+	}
+	if b.claimedHere(v) {
+		return b.unclaim(ctx, c, v.ID)
+	}
+	return nil
+}
+
+// detachLegacy ends an attachment with the legacy actions:
+// os-begin_detaching, logout (rolled back with os-roll_detaching when it
+// fails), os-terminate_connection, os-detach.
+func (b *Backend) detachLegacy(ctx context.Context, c *conn, v *volumes.Volume, t iscsi.Target, attachmentID string, log *slog.Logger) error {
+	if err := volumes.BeginDetaching(ctx, c.base(), v.ID).ExtractErr(); err != nil {
+		return b.cinderError(c.sc, "begin detaching", err)
+	}
+	if err := b.ini.Detach(ctx, t); err != nil {
+		b.cleanup(ctx, func(ctx context.Context) error {
+			return b.action(ctx, c, v.ID, map[string]any{"os-roll_detaching": map[string]any{}}, nil)
+		}, log, "roll back os-begin_detaching")
+		return fmt.Errorf("log out of iSCSI target %s: %w", t.IQN, err)
+	}
+	connector, err := b.connector(c)
+	if err != nil {
+		return err
+	}
+	if err := b.terminate(ctx, c, v.ID, connector); err != nil {
+		return err
+	}
+	if err := volumes.Detach(ctx, c.base(), v.ID, volumes.DetachOpts{AttachmentID: attachmentID}).ExtractErr(); err != nil {
+		return b.cinderError(c.sc, "detach (os-detach)", err)
+	}
+	return nil
+}
+
+// detachNew ends an attachment of the attachments API: logout, then
+// DELETE of the attachment (one already gone is fine).
+func (b *Backend) detachNew(ctx context.Context, c *conn, v *volumes.Volume, t iscsi.Target, attachmentID string) error {
+	if err := b.ini.Detach(ctx, t); err != nil {
+		return fmt.Errorf("log out of iSCSI target %s: %w", t.IQN, err)
+	}
+	err := attachments.Delete(ctx, c.at(mvAttachments), attachmentID).ExtractErr()
+	if err != nil && !gophercloud.ResponseCodeIs(err, http.StatusNotFound) {
+		return b.cinderError(c.sc, "delete attachment "+attachmentID, err)
+	}
 	return nil
 }
 
