@@ -4,8 +4,9 @@
 // still in use.
 //
 // Every iscsiadm call goes through a hostexec.Runner, with its own timeout
-// taken from Config; nothing here sleeps in a loop or remembers a device name
-// across calls: the device is looked up in sysfs after every login.
+// taken from Config. Nothing remembers a device name across calls: after
+// every login the device is looked up in sysfs, on a ticker (PollInterval)
+// bounded by DeviceTimeout and the caller's context — never a fixed sleep.
 //
 // CHAP secrets are passed to iscsiadm on its command line (that is the only
 // way iscsiadm accepts them), but they never appear in a log line or in an

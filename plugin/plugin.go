@@ -2,7 +2,7 @@
 // adapter that turns Docker's (and dvdcli's) requests into operations of
 // the protocol-free core (package volumes) and its answers into Docker's.
 //
-// Contract with Docker and dvdcli (see FIELD-NOTES):
+// Contract with Docker and dvdcli:
 //   - Create carries the options; the core parses and stores them, because
 //     Mount never carries them.
 //   - Mount/Unmount with an ID are counted by ID (each ID is one user of the

@@ -63,7 +63,9 @@ type Config struct {
 	CreateTimeout  time.Duration
 	MountTimeout   time.Duration
 	OtherTimeout   time.Duration
-	// UndoTimeout bounds the rollback of a failed Mount and each teardown.
+	// UndoTimeout bounds the rollback of a failed Mount, which runs after
+	// the Mount's own deadline may have passed. Other teardowns (Release,
+	// Remove, Recover) run under their call's deadline.
 	UndoTimeout time.Duration
 	Log         *slog.Logger
 	// Observer, when set, is told of every finished call (for metrics).

@@ -1,7 +1,6 @@
 // Package iscsitarget is the backend for a generic Linux iSCSI target: the
 // volumes are sparse files on a target host — this host, or another one
-// reached over SSH — exported by the target software there (tgt; LIO can
-// follow behind the same small interface), one target per volume, the
+// reached over SSH — exported by tgt there, one target per volume, the
 // volume its LUN 1. Every agent (every blockvol plugin) configured with the
 // same target host sees the same volumes: the scope is global.
 //
@@ -128,7 +127,7 @@ type Config struct {
 // iSCSI target host.
 type Backend struct {
 	host Host
-	sw   software
+	sw   *tgt // the target software: tgt (LIO would need an interface here)
 	init Initiator
 	log  *slog.Logger
 

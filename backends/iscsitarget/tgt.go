@@ -24,12 +24,13 @@ import (
 // tgtadm exits 22 for every refusal; what went wrong is only in its
 // message, which tgtErr matches (the messages are fixed strings in tgtadm,
 // not translated).
+//
+// Every call that changes something is made under the backend's host lock,
+// with an export taken from a fresh list under the same lock.
 type tgt struct {
 	host Host
 	port int // tgtd's control port (tgtadm -C)
 }
-
-var _ software = (*tgt)(nil)
 
 // tgtadm's messages, as it prints them after "tgtadm: ".
 const (
@@ -76,6 +77,7 @@ func tgtErr(err error) string {
 	return strings.TrimPrefix(msg, "tgtadm: ")
 }
 
+// list returns every target exported now, by IQN.
 func (t *tgt) list(ctx context.Context) (map[string]*export, error) {
 	out, err := t.run(ctx, "--mode", "target", "--op", "show")
 	if err != nil {
@@ -190,6 +192,9 @@ func parseTgtShow(out string) (map[string]*export, error) {
 	return exports, nil
 }
 
+// export creates target iqn with LUN 1 backed by file, allowing no
+// initiator. current is the latest list, to which export adds the new
+// target. A failure leaves no target behind.
 func (t *tgt) export(ctx context.Context, current map[string]*export, iqn, file string) (*export, error) {
 	for attempt := 0; ; attempt++ {
 		tid := 1
@@ -225,6 +230,7 @@ func (t *tgt) export(ctx context.Context, current map[string]*export, iqn, file 
 	}
 }
 
+// unexport deletes the target. It fails while sessions exist.
 func (t *tgt) unexport(ctx context.Context, e *export) error {
 	_, err := t.run(ctx, "--mode", "target", "--op", "delete", "--tid", strconv.Itoa(e.tid))
 	switch tgtErr(err) {
@@ -239,6 +245,7 @@ func (t *tgt) unexport(ctx context.Context, e *export) error {
 	return nil
 }
 
+// allow adds an initiator name to the target's ACL; present is fine.
 func (t *tgt) allow(ctx context.Context, e *export, initiator string) error {
 	_, err := t.run(ctx, "--mode", "target", "--op", "bind", "--tid", strconv.Itoa(e.tid), "--initiator-name", initiator)
 	if err != nil && tgtErr(err) != tgtACLExists {
@@ -250,6 +257,8 @@ func (t *tgt) allow(ctx context.Context, e *export, initiator string) error {
 	return nil
 }
 
+// deny removes an ACL entry (an initiator name, or an address tgt
+// lists among them); absent is fine.
 func (t *tgt) deny(ctx context.Context, e *export, entry string) error {
 	kind := "--initiator-name"
 	if isAddressACL(entry) {
@@ -279,6 +288,7 @@ func isAddressACL(entry string) bool {
 	return err == nil
 }
 
+// disconnect closes every connection of initiator to the target.
 func (t *tgt) disconnect(ctx context.Context, e *export, initiator string) error {
 	var errs []error
 	kept := e.sessions[:0]
@@ -298,6 +308,8 @@ func (t *tgt) disconnect(ctx context.Context, e *export, initiator string) error
 	return errors.Join(errs...)
 }
 
+// bindAccount requires CHAP account user on the target, creating the
+// account with password when the target host lacks it.
 func (t *tgt) bindAccount(ctx context.Context, e *export, user, password string) error {
 	bind := func() error {
 		_, err := t.run(ctx, "--mode", "account", "--op", "bind", "--tid", strconv.Itoa(e.tid), "--user", user)
@@ -329,6 +341,7 @@ func (t *tgt) bindAccount(ctx context.Context, e *export, user, password string)
 	return nil
 }
 
+// check reports whether the target software answers.
 func (t *tgt) check(ctx context.Context) error {
 	out, err := t.run(ctx, "--mode", "sys", "--op", "show")
 	if err != nil {
