@@ -14,6 +14,8 @@ package backends
 import (
 	"context"
 	"time"
+
+	"github.com/blockvol/blockvol/iscsi"
 )
 
 // Backends wrap the sentinels of internal/sentinel (fmt.Errorf("...: %w",
@@ -96,3 +98,13 @@ type Backend interface {
 type HostAttachments interface {
 	AttachedHere(ctx context.Context) ([]string, error)
 }
+
+// Initiator logs this host in to iSCSI targets, for the backends that hand
+// out iSCSI LUNs (cinder, iscsitarget); *iscsi.Initiator is one.
+type Initiator interface {
+	Attach(ctx context.Context, t iscsi.Target) (string, error)
+	Detach(ctx context.Context, t iscsi.Target) error
+	InitiatorName() (string, error)
+}
+
+var _ Initiator = (*iscsi.Initiator)(nil)

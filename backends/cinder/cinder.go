@@ -85,7 +85,6 @@ import (
 
 	"github.com/blockvol/blockvol/backends"
 	"github.com/blockvol/blockvol/internal/sentinel"
-	"github.com/blockvol/blockvol/iscsi"
 )
 
 // BackendName is the value of the "backend" key of every volume's Status.
@@ -142,17 +141,10 @@ type Config struct {
 	StateDir string
 }
 
-// Initiator logs this host in to iSCSI targets; *iscsi.Initiator is one.
-type Initiator interface {
-	Attach(ctx context.Context, t iscsi.Target) (string, error)
-	Detach(ctx context.Context, t iscsi.Target) error
-	InitiatorName() (string, error)
-}
-
 // Backend implements backends.Backend with OpenStack Cinder.
 type Backend struct {
 	cfg      Config
-	ini      Initiator
+	ini      backends.Initiator
 	log      *slog.Logger
 	http     *http.Client
 	hostUUID string
@@ -173,7 +165,6 @@ type Backend struct {
 var (
 	_ backends.Backend = (*Backend)(nil)
 	_ backends.Checker = (*Backend)(nil)
-	_ Initiator        = (*iscsi.Initiator)(nil)
 )
 
 // startLoginTimeout bounds the background login New starts.
@@ -183,7 +174,7 @@ const startLoginTimeout = 60 * time.Second
 // and the state directory, and starts a login to Keystone in the
 // background; it never fails because Keystone or Cinder is unreachable.
 // A nil log discards messages.
-func New(cfg Config, ini Initiator, log *slog.Logger) (*Backend, error) {
+func New(cfg Config, ini backends.Initiator, log *slog.Logger) (*Backend, error) {
 	b, err := build(cfg, ini, log)
 	if err != nil {
 		return nil, err
@@ -212,7 +203,7 @@ func New(cfg Config, ini Initiator, log *slog.Logger) (*Backend, error) {
 // cfg, for `blockvol doctor`: unlike New it changes nothing on this host
 // (no state directory, no host UUID file written, no background login);
 // Check logs in when it runs.
-func NewChecker(cfg Config, ini Initiator) (backends.Checker, error) {
+func NewChecker(cfg Config, ini backends.Initiator) (backends.Checker, error) {
 	b, err := build(cfg, ini, nil)
 	if err != nil {
 		return nil, err
@@ -223,7 +214,7 @@ func NewChecker(cfg Config, ini Initiator) (backends.Checker, error) {
 
 // build validates cfg and returns a Backend that has touched nothing yet;
 // hostUUID is set only when cfg gives it.
-func build(cfg Config, ini Initiator, log *slog.Logger) (*Backend, error) {
+func build(cfg Config, ini backends.Initiator, log *slog.Logger) (*Backend, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}

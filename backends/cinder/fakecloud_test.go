@@ -16,6 +16,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/blockvol/blockvol/backends"
 )
 
 const fakeProject = "p0000000000000000000000000000001"
@@ -140,7 +142,7 @@ func (f *fakeCloud) serveCinder(w http.ResponseWriter, r *http.Request) {
 
 // unitBackend returns a backend of cfg whose start-up login is over, and a
 // buffer with everything it logged.
-func unitBackend(t testing.TB, cfg Config, ini Initiator) (*Backend, *bytes.Buffer) {
+func unitBackend(t testing.TB, cfg Config, ini backends.Initiator) (*Backend, *bytes.Buffer) {
 	t.Helper()
 	if cfg.StateDir == "" {
 		cfg.StateDir = t.TempDir()

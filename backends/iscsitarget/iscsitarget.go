@@ -90,13 +90,6 @@ const sectorSize = 512
 // lock), which runs even when the call's own deadline has passed.
 const undoTimeout = 30 * time.Second
 
-// Initiator logs this host in to iSCSI targets: *iscsi.Initiator.
-type Initiator interface {
-	Attach(ctx context.Context, t iscsi.Target) (string, error)
-	Detach(ctx context.Context, t iscsi.Target) error
-	InitiatorName() (string, error)
-}
-
 // Config configures a Backend.
 type Config struct {
 	// Portal is the "ip:port" initiators log in to.
@@ -128,7 +121,7 @@ type Config struct {
 type Backend struct {
 	host Host
 	sw   *tgt // the target software: tgt (LIO would need an interface here)
-	init Initiator
+	init backends.Initiator
 	log  *slog.Logger
 
 	portal      string
@@ -158,7 +151,7 @@ var (
 // New returns a Backend. It does not contact the target host: a target
 // host that is down at start delays nothing but the calls that need it.
 // A nil log discards messages.
-func New(cfg Config, host Host, init Initiator, log *slog.Logger) (*Backend, error) {
+func New(cfg Config, host Host, init backends.Initiator, log *slog.Logger) (*Backend, error) {
 	if host == nil || init == nil {
 		return nil, errors.New("iscsitarget: a Host and an Initiator are required")
 	}

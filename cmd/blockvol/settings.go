@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/blockvol/blockvol/backends"
 	"github.com/blockvol/blockvol/backends/cinder"
 	"github.com/blockvol/blockvol/backends/iscsitarget"
 	"github.com/blockvol/blockvol/backends/iscsitarget/sshhost"
@@ -53,7 +54,7 @@ func cinderSettings(k *config.CinderConfig) cinder.Config {
 // LocalHost running programs with run, or an SSH host (whose key and
 // known_hosts file are read now, without connecting). ini is this host's
 // initiator, shared by the iSCSI backends.
-func newISCSITarget(c *config.ISCSITargetConfig, ini iscsitarget.Initiator, run hostexec.Runner, log *slog.Logger) (*iscsitarget.Backend, error) {
+func newISCSITarget(c *config.ISCSITargetConfig, ini backends.Initiator, run hostexec.Runner, log *slog.Logger) (*iscsitarget.Backend, error) {
 	var host iscsitarget.Host = iscsitarget.LocalHost{Runner: run}
 	if user, addr, ok := c.SSH(); ok {
 		h, err := sshhost.New(sshhost.Config{Addr: addr, User: user, KeyFile: c.SSHKey, KnownHostsFile: c.KnownHosts})
