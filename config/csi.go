@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+
+	"github.com/blockvol/blockvol/internal/quote"
 )
 
 // CSI configures the Container Storage Interface door ([csi] table), off
@@ -26,11 +28,7 @@ func CSISocketPath(endpoint string) (string, error) {
 		p, ok = strings.CutPrefix(endpoint, "unix:")
 	}
 	if !ok || !filepath.IsAbs(p) || strings.ContainsAny(p, "\x00\n") {
-		q := endpoint
-		if len(q) > 64 {
-			q = q[:64] + "..."
-		}
-		return "", fmt.Errorf("csi.endpoint %q must be unix:///absolute/path.sock", q)
+		return "", fmt.Errorf("csi.endpoint %s must be unix:///absolute/path.sock", quote.Short(endpoint))
 	}
 	return filepath.Clean(p), nil
 }

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/blockvol/blockvol/backends"
+	"github.com/blockvol/blockvol/internal/quote"
 	"github.com/blockvol/blockvol/internal/sentinel"
 	"github.com/blockvol/blockvol/volumes"
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
@@ -64,7 +65,7 @@ func unsupported(c *csipb.VolumeCapability) string {
 		return fmt.Sprintf("access mode %s is not supported: a blockvol volume is used by one node at a time (SINGLE_NODE_WRITER or SINGLE_NODE_READER_ONLY)", m)
 	}
 	if fs := c.GetMount().GetFsType(); fs != "" && fs != "ext4" && fs != "xfs" {
-		return fmt.Sprintf("fs_type %q is not supported; use ext4 or xfs", short(fs))
+		return fmt.Sprintf("fs_type %q is not supported; use ext4 or xfs", quote.Prefix(fs))
 	}
 	return ""
 }
@@ -84,7 +85,7 @@ func createOptions(req *csipb.CreateVolumeRequest, def int64) (map[string]string
 	for _, c := range req.GetVolumeCapabilities() {
 		if fs := c.GetMount().GetFsType(); fs != "" {
 			if prev, ok := opts["fstype"]; ok && prev != fs {
-				return nil, invalid("fs_type %q of a capability contradicts parameter fstype %q", short(fs), short(prev))
+				return nil, invalid("fs_type %q of a capability contradicts parameter fstype %q", quote.Prefix(fs), quote.Prefix(prev))
 			}
 			opts["fstype"] = fs
 		}
@@ -155,10 +156,10 @@ func (s *Server) CreateVolume(ctx context.Context, req *csipb.CreateVolumeReques
 		return nil, toStatus(err)
 	}
 	if info.Unreachable != nil {
-		return nil, status.Errorf(codes.Unavailable, "volume %q: %v", name, info.Unreachable)
+		return nil, status.Errorf(codes.Unavailable, "volume %q: %v", quote.Prefix(name), info.Unreachable)
 	}
 	if why := incompatible(info, req, opts); why != "" {
-		return nil, status.Errorf(codes.AlreadyExists, "volume %q exists already with %s", name, why)
+		return nil, status.Errorf(codes.AlreadyExists, "volume %q exists already with %s", quote.Prefix(name), why)
 	}
 	return &csipb.CreateVolumeResponse{Volume: s.csiVolume(info)}, nil
 }
@@ -259,7 +260,7 @@ func (s *Server) ControllerPublishVolume(ctx context.Context, req *csipb.Control
 		return nil, toStatus(err)
 	}
 	if !s.knownNode(node, info.Backend) {
-		return nil, status.Errorf(codes.NotFound, "node %q is not known: volumes of backend %s can be used by node %s only", short(node), info.Backend, s.cfg.NodeID)
+		return nil, status.Errorf(codes.NotFound, "node %q is not known: volumes of backend %s can be used by node %s only", quote.Prefix(node), info.Backend, s.cfg.NodeID)
 	}
 	mode := "rw"
 	if req.GetReadonly() {
@@ -273,12 +274,12 @@ func (s *Server) ControllerPublishVolume(ctx context.Context, req *csipb.Control
 		case old == "" || old == want:
 			return want, nil
 		case oldNode == node:
-			return "", status.Errorf(codes.AlreadyExists, "volume %q is published to node %s %s already; unpublish it first to change that", id, node, oldMode)
+			return "", status.Errorf(codes.AlreadyExists, "volume %q is published to node %s %s already; unpublish it first to change that", quote.Prefix(id), node, oldMode)
 		case info.OptionsKnown && info.Options.Preempt:
 			preempted = oldNode
 			return want, nil
 		default:
-			return "", status.Errorf(codes.FailedPrecondition, "volume %q is published to node %s; unpublish it there first (or create it with preempt=true to allow a takeover)", id, oldNode)
+			return "", status.Errorf(codes.FailedPrecondition, "volume %q is published to node %s; unpublish it there first (or create it with preempt=true to allow a takeover)", quote.Prefix(id), oldNode)
 		}
 	})
 	if err != nil {
@@ -332,7 +333,7 @@ func (s *Server) ValidateVolumeCapabilities(ctx context.Context, req *csipb.Vali
 	for _, c := range req.GetVolumeCapabilities() {
 		why := unsupported(c)
 		if fs := c.GetMount().GetFsType(); why == "" && fs != "" && info.OptionsKnown && fs != info.Options.FSType {
-			why = fmt.Sprintf("the volume holds %s, not %s", info.Options.FSType, short(fs))
+			why = fmt.Sprintf("the volume holds %s, not %s", info.Options.FSType, quote.Prefix(fs))
 		}
 		if why != "" {
 			return &csipb.ValidateVolumeCapabilitiesResponse{Message: why}, nil
@@ -359,7 +360,7 @@ func (s *Server) ListVolumes(ctx context.Context, req *csipb.ListVolumesRequest)
 	if t := req.GetStartingToken(); t != "" {
 		var ok bool
 		if start, ok = strings.CutPrefix(t, tokenPrefix); !ok || start == "" {
-			return nil, status.Errorf(codes.Aborted, "starting_token %q was not made by this plugin", short(t))
+			return nil, status.Errorf(codes.Aborted, "starting_token %q was not made by this plugin", quote.Prefix(t))
 		}
 	}
 	infos, err := s.core.List(ctx)

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"syscall"
 
+	"github.com/blockvol/blockvol/internal/quote"
 	"github.com/blockvol/blockvol/volumes"
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -40,7 +41,7 @@ func absPath(what, p string) error {
 		return invalid("%s is missing", what)
 	}
 	if !filepath.IsAbs(p) {
-		return invalid("%s %q is not absolute", what, short(p))
+		return invalid("%s %q is not absolute", what, quote.Prefix(p))
 	}
 	return nil
 }
@@ -138,7 +139,7 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csipb.NodePublishVo
 	staging, target = filepath.Clean(staging), filepath.Clean(target)
 	block := vc.GetBlock() != nil
 	if !s.core.Holds(id, stagePrefix+staging) {
-		return nil, status.Errorf(codes.FailedPrecondition, "volume %q is not staged at %s; NodeStageVolume first", id, staging)
+		return nil, status.Errorf(codes.FailedPrecondition, "volume %q is not staged at %s; NodeStageVolume first", quote.Prefix(id), quote.Prefix(staging))
 	}
 	readOnly := req.GetReadonly() || vc.GetAccessMode().GetMode() == csipb.VolumeCapability_AccessMode_SINGLE_NODE_READER_ONLY
 	cl := volumes.Claim{
@@ -149,7 +150,7 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csipb.NodePublishVo
 				source = blockFile(staging)
 			}
 			if ok, err := s.cfg.Mounts.IsMountPoint(source); err != nil || !ok {
-				return status.Errorf(codes.FailedPrecondition, "volume %q is not staged at %s (%v); NodeStageVolume first", id, staging, err)
+				return status.Errorf(codes.FailedPrecondition, "volume %q is not staged at %s (%v); NodeStageVolume first", quote.Prefix(id), quote.Prefix(staging), err)
 			}
 			return s.bind(ctx, source, target, readOnly)
 		},
@@ -192,7 +193,7 @@ func (s *Server) NodeGetVolumeStats(ctx context.Context, req *csipb.NodeGetVolum
 	}
 	path = filepath.Clean(path)
 	if !s.core.Holds(id, publishPrefix+path) && !s.core.Holds(id, stagePrefix+path) {
-		return nil, status.Errorf(codes.NotFound, "volume %q is not staged or published at %s on this node", id, short(path))
+		return nil, status.Errorf(codes.NotFound, "volume %q is not staged or published at %s on this node", quote.Prefix(id), quote.Prefix(path))
 	}
 	info, err := s.core.Get(ctx, id)
 	if err != nil {
@@ -203,7 +204,7 @@ func (s *Server) NodeGetVolumeStats(ctx context.Context, req *csipb.NodeGetVolum
 	}
 	var st syscall.Statfs_t
 	if err := syscall.Statfs(path, &st); err != nil {
-		return nil, status.Errorf(codes.NotFound, "volume %q at %s: %v", id, short(path), err)
+		return nil, status.Errorf(codes.NotFound, "volume %q at %s: %v", quote.Prefix(id), quote.Prefix(path), err)
 	}
 	bs := int64(st.Bsize)
 	return &csipb.NodeGetVolumeStatsResponse{Usage: []*csipb.VolumeUsage{

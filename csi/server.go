@@ -170,14 +170,6 @@ func Listen(path string) (net.Listener, error) {
 	return l, nil
 }
 
-// short quotes at most a short prefix of a user's value.
-func short(s string) string {
-	if len(s) > 64 {
-		return s[:64] + "..."
-	}
-	return s
-}
-
 // GetPluginInfo names the plugin.
 func (s *Server) GetPluginInfo(context.Context, *csipb.GetPluginInfoRequest) (*csipb.GetPluginInfoResponse, error) {
 	return &csipb.GetPluginInfoResponse{Name: s.cfg.Name, VendorVersion: s.cfg.Version}, nil

@@ -17,8 +17,8 @@ import (
 // read-only setting).
 var ErrMountedDifferently = errors.New("target already mounted differently")
 
-// Bind bind-mounts source at target, nosuid and nodev, read-only when
-// asked. source is a mounted directory, or a device node (a raw block
+// Bind bind-mounts source at target, nosuid (and nodev for a directory),
+// read-only when asked. source is a mounted directory, or a device node (a raw block
 // volume); target is created when missing: a directory, or an empty file
 // for a device. Both must be absolute.
 //
@@ -51,13 +51,17 @@ func (f *FS) Bind(ctx context.Context, source, target string, readOnly bool) err
 	if err := f.Mounter.Mount(source, target, "", syscall.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind %s on %s: %w", source, target, err)
 	}
-	flags := uintptr(syscall.MS_BIND | syscall.MS_REMOUNT | syscall.MS_NOSUID | syscall.MS_NODEV)
+	flags := uintptr(syscall.MS_BIND | syscall.MS_REMOUNT | syscall.MS_NOSUID)
+	if fi.IsDir() {
+		// nodev on a device node's bind would deny the device itself.
+		flags |= syscall.MS_NODEV
+	}
 	if readOnly {
 		flags |= syscall.MS_RDONLY
 	}
 	if err := f.Mounter.Mount("", target, "", flags, ""); err != nil {
 		uerr := f.Mounter.Unmount(target, umountNoFollow)
-		return fmt.Errorf("bind %s on %s: set nosuid,nodev (read-only %t): %w", source, target, readOnly, errors.Join(err, uerr))
+		return fmt.Errorf("bind %s on %s: set nosuid (read-only %t): %w", source, target, readOnly, errors.Join(err, uerr))
 	}
 	f.log().Info("bind-mounted", "source", source, "target", target, "readonly", readOnly)
 	return nil

@@ -180,6 +180,14 @@ func (d *Core) bringUp(ctx context.Context, log *slog.Logger, r record, vol back
 	r.Device = dev
 	log = log.With("device", dev)
 	if r.Block {
+		// The raw device is handed out: whatever its user writes on it is
+		// data, never to be formatted by a later first mount.
+		meta := withoutKey(withoutKey(vol.Meta, metaFreshKey), metaOverwritePendingKey)
+		if len(meta) != len(vol.Meta) {
+			if err := be.SetMeta(ctx, r.Name, meta); err != nil {
+				return r, fmt.Errorf("record the volume's first use: %w", err)
+			}
+		}
 		r.Phase = phaseMounted
 		return r, d.recs.put(r)
 	}

@@ -50,7 +50,7 @@ func (r *record) check(name string) error {
 		return fmt.Errorf("record of %q names %q", name, r.Name)
 	case r.Phase != phaseMounting && r.Phase != phaseMounted && r.Phase != phaseUnmounting:
 		return fmt.Errorf("record of %q has no known phase", name)
-	case r.Backend == "" || r.Mountpoint == "":
+	case r.Backend == "" || (r.Mountpoint == "") != r.Block:
 		return fmt.Errorf("record of %q lacks its backend or mountpoint", name)
 	}
 	return nil
