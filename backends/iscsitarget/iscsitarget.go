@@ -691,6 +691,13 @@ func (b *Backend) release(ctx context.Context, name, me string) error {
 // Detach implements backends.Backend: this host logs out, then, under the
 // lock, leaves the target's ACL and clears its claim. A volume that is
 // gone, or held by another host, is only logged out of.
+//
+// The logout needs nothing from the target host: the target's name follows
+// from the volume's (the record's IQN is used when the record can be read,
+// in case the prefix changed since). So a target host that cannot be
+// reached, or whose record of the volume is gone, never keeps this host
+// logged in: the logout is done, and only the target host's side (ACL,
+// claim) is reported undone, for the next Detach to finish.
 func (b *Backend) Detach(ctx context.Context, name string) error {
 	const op = "detach"
 	if err := checkName(name); err != nil {
@@ -700,15 +707,23 @@ func (b *Backend) Detach(ctx context.Context, name string) error {
 	if err != nil {
 		return opErr(op, name, err)
 	}
-	f, err := b.load(ctx, name)
-	if errors.Is(err, sentinel.ErrNotFound) {
-		return nil
-	}
+	iqn, err := iqnFor(b.iqnPrefix, name)
 	if err != nil {
 		return opErr(op, name, err)
 	}
-	if err := b.init.Detach(ctx, b.target(f.rec)); err != nil {
+	f, lerr := b.load(ctx, name)
+	rec := &record{Name: name, IQN: iqn}
+	if lerr == nil {
+		rec = f.rec
+	}
+	if err := b.init.Detach(ctx, b.target(rec)); err != nil {
 		return opErrf(op, name, "iSCSI logout: %w", err)
+	}
+	if errors.Is(lerr, sentinel.ErrNotFound) {
+		return nil
+	}
+	if lerr != nil {
+		return opErrf(op, name, "logged out here, but the target host could not be told to revoke this host's access: %w", lerr)
 	}
 	err = b.withLock(ctx, op, name, func(ctx context.Context) error {
 		err := b.release(ctx, name, me)

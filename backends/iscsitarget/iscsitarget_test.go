@@ -449,10 +449,32 @@ func TestDetachOfAVolumeTakenOverOnlyLogsOut(t *testing.T) {
 	}
 }
 
+// The target host's record of the volume is gone: this host still logs
+// out of the volume's target.
 func TestDetachOfAGoneVolume(t *testing.T) {
 	e := newEnv(t, nil, scanCall("v1"))
 	if err := e.b.Detach(ctx, "v1"); err != nil {
 		t.Fatal(err)
+	}
+	want := []iscsi.Target{{IQN: testPrefix + ":v1", Portals: []string{testPortal}, LUN: 1}}
+	if !reflect.DeepEqual(e.ini.detached, want) {
+		t.Fatalf("initiator detached %+v, want %+v", e.ini.detached, want)
+	}
+}
+
+// The target host cannot be reached: this host logs out all the same, and
+// the error says only the target host's side is left to do.
+func TestDetachWhenTheTargetHostIsUnreachable(t *testing.T) {
+	scan := scanCall("v1")
+	scan.Stdout, scan.Code, scan.Stderr = "", 255, "ssh: connect to host 10.0.0.9 port 22: Connection refused"
+	e := newEnv(t, nil, scan)
+	err := e.b.Detach(ctx, "v1")
+	if err == nil || !strings.Contains(err.Error(), "logged out here") {
+		t.Fatalf("Detach = %v; want the target host's side reported undone", err)
+	}
+	want := []iscsi.Target{{IQN: testPrefix + ":v1", Portals: []string{testPortal}, LUN: 1}}
+	if !reflect.DeepEqual(e.ini.detached, want) {
+		t.Fatalf("initiator detached %+v, want %+v", e.ini.detached, want)
 	}
 }
 
