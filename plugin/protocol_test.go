@@ -10,8 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/docker/go-plugins-helpers/volume"
 )
 
 // socketClient speaks the plugin protocol over a unix socket, as dockerd
@@ -30,7 +28,7 @@ func serveOnSocket(t *testing.T, d *Driver) *socketClient {
 	if err != nil {
 		t.Fatal(err)
 	}
-	go volume.NewHandler(d).Serve(l)
+	go func() { _ = http.Serve(l, NewHandler(d)) }()
 	t.Cleanup(func() { l.Close() })
 	return &socketClient{t: t, http: &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
@@ -147,4 +145,39 @@ func TestProtocolDockerSequence(t *testing.T) {
 	c.fails("VolumeDriver.Create", `{"Name":"../etc","Opts":{}}`, `volume name "../etc" is not valid`)
 	c.fails("VolumeDriver.Create", `{"Name":"x","Opts":{"size":"0"}}`, `option size "0" must be a positive whole number of GiB`)
 	c.fails("VolumeDriver.Mount", `{"Name":"nosuch","ID":"`+id1+`"}`, `volume "nosuch" does not exist`)
+}
+
+// A body that is not exactly one JSON object, or is larger than 1 MiB, is
+// refused before the driver sees it; white space around it is fine.
+func TestProtocolRefusesBodiesThatAreNotOneObject(t *testing.T) {
+	h := newHarness(t)
+	c := serveOnSocket(t, h.d)
+	for body, want := range map[string]string{
+		`{"Name":"x"} xyz`:          "the request body has bytes after its JSON object; send exactly one object",
+		`{"Name":"x"}{"Name":"y"}`:  "the request body has bytes after its JSON object",
+		`{"Name":"x"`:               "the request body is not valid JSON",
+		`["x"]`:                     "the request body must be one JSON object",
+		`null`:                      "the request body must be one JSON object",
+		``:                          "the request body must be one JSON object",
+		`{"Name":7}`:                "the request body does not fit the call",
+		`{"Name":"x","Opts":"big"}`: "the request body does not fit the call",
+	} {
+		code, out := c.call("VolumeDriver.Create", body)
+		if msg, _ := out["Err"].(string); code != http.StatusBadRequest || !strings.HasPrefix(msg, want) {
+			t.Errorf("Create %q: %d %v; want 400 and %q", body, code, out, want)
+		}
+	}
+	big := `{"Name":"x","Opts":{"volumetype":"` + strings.Repeat("a", MaxRequestBytes) + `"}}`
+	if code, out := c.call("VolumeDriver.Create", big); code != http.StatusRequestEntityTooLarge || out["Err"] != "the request body is larger than 1048576 bytes" {
+		t.Errorf("Create of %d bytes: %d %v", len(big), code, out)
+	}
+	if calls := h.be.callLog(); len(calls) != 0 {
+		t.Fatalf("refused requests reached the backend: %v", calls)
+	}
+	c.ok("VolumeDriver.Create", " {\"Name\":\"x\"}\n")
+	c.ok("VolumeDriver.List", "")
+	c.ok("VolumeDriver.List", "{}\n")
+	if code, _ := c.call("VolumeDriver.List", "{} {}"); code != http.StatusBadRequest {
+		t.Errorf("List with two objects: %d, want 400", code)
+	}
 }

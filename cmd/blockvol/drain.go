@@ -3,115 +3,103 @@ package main
 import (
 	"context"
 	"net"
+	"net/http"
 	"sync"
 )
 
-// go-plugins-helpers' server has no graceful Shutdown: we close its
-// listener and wait for the driver's calls in flight (Driver.Wait). That
-// leaves a short window in which a call has returned but its answer is not
-// yet written. connTracker closes it: it counts the connections that have
-// received a request and not yet answered it, so that the process exits
-// only once every answer has been written. Idle keep-alive connections do
-// not count.
-type connTracker struct {
-	net.Listener
-
-	mu      sync.Mutex
-	pending int           // connections with a request not yet answered
-	idle    chan struct{} // closed when pending drops to 0
+// callTracker follows the plugin's connections so that a shutdown waits for
+// the calls in progress only. A call is in progress from the moment its
+// request has been read whole (plugin.Handler's Begin) until its answer
+// has been written (net/http marks the connection idle) or the connection
+// closes. On stop, every other connection — idle, or still sending its
+// request — is closed at once, and so is each busy one as its call ends:
+// a client that sends half a request cannot hold a stopping plugin.
+type callTracker struct {
+	mu       sync.Mutex
+	conns    map[net.Conn]bool // open connections; true while a call runs
+	calls    int
+	idle     chan struct{} // closed while calls == 0
+	stopping bool
 }
 
-func trackConns(l net.Listener) *connTracker {
-	t := &connTracker{Listener: l, idle: make(chan struct{})}
+func newCallTracker() *callTracker {
+	t := &callTracker{conns: map[net.Conn]bool{}, idle: make(chan struct{})}
 	close(t.idle)
 	return t
 }
 
-// Accept implements net.Listener.
-func (t *connTracker) Accept() (net.Conn, error) {
-	c, err := t.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return &trackedConn{Conn: c, t: t}, nil
+type connKey struct{}
+
+// connContext is http.Server.ConnContext: it lets begin find a request's
+// connection.
+func (t *callTracker) connContext(ctx context.Context, c net.Conn) context.Context {
+	return context.WithValue(ctx, connKey{}, c)
 }
 
-func (t *connTracker) add(delta int) {
+// connState is http.Server.ConnState.
+func (t *callTracker) connState(c net.Conn, s http.ConnState) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.pending == 0 && delta > 0 {
-		t.idle = make(chan struct{})
+	switch s {
+	case http.StateNew:
+		if t.stopping {
+			c.Close()
+			return
+		}
+		t.conns[c] = false
+	case http.StateIdle:
+		t.end(c)
+		if t.stopping {
+			c.Close()
+		}
+	case http.StateClosed, http.StateHijacked:
+		t.end(c)
+		delete(t.conns, c)
 	}
-	t.pending += delta
-	if t.pending == 0 {
+}
+
+// begin marks the call of r in progress. It returns false once the plugin
+// is stopping: the call is not made.
+func (t *callTracker) begin(r *http.Request) bool {
+	c, _ := r.Context().Value(connKey{}).(net.Conn)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopping || c == nil {
+		return false
+	}
+	if busy, open := t.conns[c]; open && !busy {
+		t.conns[c] = true
+		if t.calls == 0 {
+			t.idle = make(chan struct{})
+		}
+		t.calls++
+	}
+	return true
+}
+
+// end marks the call on c done, if one ran. The caller holds t.mu.
+func (t *callTracker) end(c net.Conn) {
+	if !t.conns[c] {
+		return
+	}
+	t.conns[c] = false
+	t.calls--
+	if t.calls == 0 {
 		close(t.idle)
 	}
 }
 
-// drain waits until no connection has a request left unanswered.
-func (t *connTracker) drain(ctx context.Context) error {
+// stop closes every connection without a call in progress (the others
+// close as their call ends) and returns a channel closed once no call is
+// in progress.
+func (t *callTracker) stop() <-chan struct{} {
 	t.mu.Lock()
-	idle := t.idle
-	t.mu.Unlock()
-	select {
-	case <-idle:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-// trackedConn follows one HTTP/1.1 server connection: bytes read start a
-// request; it is answered once something was written and the server reads
-// again (net/http reads the next request only after flushing the whole
-// answer; its background read during the handler comes before any write),
-// or the connection is closed.
-type trackedConn struct {
-	net.Conn
-	t *connTracker
-
-	mu      sync.Mutex
-	pending bool
-	wrote   bool
-	closed  bool
-}
-
-func (c *trackedConn) Read(b []byte) (int, error) {
-	c.mu.Lock()
-	if c.pending && c.wrote {
-		c.pending = false
-		c.t.add(-1)
-	}
-	c.mu.Unlock()
-	n, err := c.Conn.Read(b)
-	if n > 0 {
-		c.mu.Lock()
-		if !c.pending && !c.closed {
-			c.pending, c.wrote = true, false
-			c.t.add(1)
+	defer t.mu.Unlock()
+	t.stopping = true
+	for c, busy := range t.conns {
+		if !busy {
+			c.Close()
 		}
-		c.mu.Unlock()
 	}
-	return n, err
-}
-
-func (c *trackedConn) Write(b []byte) (int, error) {
-	n, err := c.Conn.Write(b)
-	if n > 0 {
-		c.mu.Lock()
-		c.wrote = true
-		c.mu.Unlock()
-	}
-	return n, err
-}
-
-func (c *trackedConn) Close() error {
-	c.mu.Lock()
-	if c.pending {
-		c.pending = false
-		c.t.add(-1)
-	}
-	c.closed = true
-	c.mu.Unlock()
-	return c.Conn.Close()
+	return t.idle
 }

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"github.com/blockvol/blockvol/plugin"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -288,7 +290,7 @@ func serveFake(t *testing.T, drv volume.Driver) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	go func() { _ = volume.NewHandler(drv).Serve(l) }()
+	go func() { _ = http.Serve(l, plugin.NewHandler(drv)) }()
 	t.Cleanup(func() { l.Close() })
 	return sock
 }

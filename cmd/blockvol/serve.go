@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"os/user"
@@ -111,18 +112,28 @@ type waitingDriver interface {
 }
 
 // serveUntilSignal serves drv on l until a signal arrives, then stops
-// accepting connections, lets the calls in flight finish or roll back (at
-// most grace) and waits until their answers are written.
+// accepting connections, closes the idle ones and those still sending a
+// request, lets the calls in progress finish or roll back (at most grace)
+// and waits until their answers are written.
 func serveUntilSignal(l net.Listener, drv waitingDriver, sigs <-chan os.Signal, grace time.Duration, log *slog.Logger) error {
-	tl := trackConns(l)
+	calls := newCallTracker()
+	h := plugin.NewHandler(drv)
+	h.Begin = calls.begin
+	srv := &http.Server{
+		Handler:     h,
+		ConnState:   calls.connState,
+		ConnContext: calls.connContext,
+		ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
 	served := make(chan error, 1)
-	go func() { served <- volume.NewHandler(drv).Serve(tl) }()
+	go func() { served <- srv.Serve(l) }()
 
 	select {
 	case sig := <-sigs:
-		log.Info("stopping: no new requests; waiting for the ones in flight", "signal", sig.String(), "grace", grace)
+		log.Info("stopping: no new requests; waiting for the calls in progress", "signal", sig.String(), "grace", grace)
 		notify(log, daemon.SdNotifyStopping)
-		tl.Close()
+		l.Close()
+		idle := calls.stop()
 		ctx, cancel := context.WithTimeout(context.Background(), grace)
 		defer cancel()
 		// A second signal is an operator who will not wait: exit now,
@@ -138,7 +149,11 @@ func serveUntilSignal(l net.Listener, drv waitingDriver, sigs <-chan os.Signal, 
 		}()
 		err := drv.Wait(ctx)
 		if err == nil {
-			err = tl.drain(ctx)
+			select {
+			case <-idle:
+			case <-ctx.Done():
+				err = ctx.Err()
+			}
 		}
 		select {
 		case <-forced:

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -215,61 +217,79 @@ func TestSIGTERMGraceEnds(t *testing.T) {
 	}
 }
 
-// TestDrainWaitsForAnswers: the connection tracker counts a request from
-// its first byte until its answer is written, and not idle connections.
-func TestDrainWaitsForAnswers(t *testing.T) {
-	a, b := net.Pipe()
-	defer b.Close()
-	tr := trackConns(&oneConnListener{c: a})
-	c, err := tr.Accept()
+// TestSIGTERMClosesIdleAndHalfSentConnections: on a signal, connections
+// without a call in progress (idle, or still sending their request) are
+// closed at once; they never hold the stopping plugin for its grace.
+func TestSIGTERMClosesIdleAndHalfSentConnections(t *testing.T) {
+	drv := newFakeDriver()
+	sock := filepath.Join(t.TempDir(), "p.sock")
+	l, err := net.Listen("unix", sock)
 	if err != nil {
 		t.Fatal(err)
 	}
-	idle := func() bool {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
-		defer cancel()
-		return tr.drain(ctx) == nil
-	}
-	if !idle() {
-		t.Fatal("a connection with no request counts as busy")
-	}
-	go func() { _, _ = b.Write([]byte("POST / HTTP/1.1\r\n\r\n")) }()
-	buf := make([]byte, 64)
-	if _, err := c.Read(buf); err != nil {
+	sigs := make(chan os.Signal, 1)
+	served := make(chan error, 1)
+	go func() { served <- serveUntilSignal(l, drv, sigs, time.Hour, slog.New(slog.DiscardHandler)) }()
+
+	// A keep-alive connection that made one call and is idle now.
+	idleConn, err := net.Dial("unix", sock)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if idle() {
-		t.Fatal("a request being handled counts as idle")
-	}
-	go func() { _, _ = io.ReadAll(b) }()
-	if _, err := c.Write([]byte("HTTP/1.1 200 OK\r\n\r\n")); err != nil {
+	defer idleConn.Close()
+	if _, err := idleConn.Write([]byte("POST /VolumeDriver.List HTTP/1.1\r\nHost: p\r\nContent-Length: 2\r\n\r\n{}")); err != nil {
 		t.Fatal(err)
 	}
-	if idle() {
-		t.Fatal("idle before the server read again")
+	br := bufio.NewReader(idleConn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("first call on the keep-alive connection: %v %v", resp, err)
 	}
-	_ = c.(*trackedConn).Conn.SetReadDeadline(time.Now()) // net/http's next read
-	_, _ = c.Read(buf)
-	if !idle() {
-		t.Fatal("an answered request still counts as busy")
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	conns := []net.Conn{idleConn}
+	for _, partial := range []string{
+		"", // connected, sent nothing
+		"POST /VolumeDriver.Get HTTP/1.1\r\nHost: p\r\n",                                         // half the headers
+		"POST /VolumeDriver.Create HTTP/1.1\r\nHost: p\r\nContent-Length: 100\r\n\r\n{\"Name\":", // half the body
+	} {
+		c, err := net.Dial("unix", sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Write([]byte(partial)); err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
 	}
-	c.Close()
-}
-
-type oneConnListener struct {
-	c    net.Conn
-	used bool
-}
-
-func (l *oneConnListener) Accept() (net.Conn, error) {
-	if l.used {
-		return nil, net.ErrClosed
+	// The server has accepted them all once it answers a call made after.
+	if err := newPluginClient(sock).call(context.Background(), "VolumeDriver.Create", volume.CreateRequest{Name: "last"}, nil); err != nil {
+		t.Fatal(err)
 	}
-	l.used = true
-	return l.c, nil
+	sigs <- syscall.SIGTERM
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Fatalf("serve: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("idle or half-sent connections kept the stopping plugin alive")
+	}
+	for i, c := range conns {
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		r := io.Reader(c)
+		if i == 0 {
+			r = br
+		}
+		if n, err := r.Read(make([]byte, 512)); err != io.EOF {
+			t.Errorf("connection %d: read %d bytes, %v; want it closed", i, n, err)
+		}
+	}
+	if drv.calls[len(drv.calls)-1] != "create last" {
+		t.Errorf("calls %v: a half-sent request reached the driver", drv.calls)
+	}
 }
-func (l *oneConnListener) Close() error   { return nil }
-func (l *oneConnListener) Addr() net.Addr { return &net.UnixAddr{Name: "pipe", Net: "unix"} }
 
 // TestSecondSignalForcesExit: an operator who signals twice does not wait
 // for the call in flight.
