@@ -25,6 +25,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -82,6 +83,44 @@ func TestSoak(t *testing.T) {
 	}
 }
 
+var (
+	buildOnce sync.Once
+	built     string
+	buildErr  error
+)
+
+// binary returns the blockvol binary under test, built once per test run
+// ($BLOCKVOL_SOAK_BIN instead, to show what the soak finds in another
+// build).
+func binary(t *testing.T) string {
+	if bin := os.Getenv("BLOCKVOL_SOAK_BIN"); bin != "" {
+		return bin
+	}
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "bvsoak-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		built = filepath.Join(dir, "blockvol")
+		if out, err := exec.Command("go", "build", "-o", built, "../../cmd/blockvol").CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("build blockvol: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return built
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if built != "" {
+		os.RemoveAll(filepath.Dir(built))
+	}
+	os.Exit(code)
+}
+
 func newSoak(t *testing.T) *soak {
 	dir, err := os.MkdirTemp("", "bvsoak-")
 	if err != nil {
@@ -106,11 +145,7 @@ func newSoak(t *testing.T) *soak {
 			os.RemoveAll(dir)
 		}
 	})
-	if bin := os.Getenv("BLOCKVOL_SOAK_BIN"); bin != "" {
-		s.bin = bin // another build (an older one, to show what the soak finds)
-	} else if out, err := exec.Command("go", "build", "-o", s.bin, "../../cmd/blockvol").CombinedOutput(); err != nil {
-		t.Fatalf("build blockvol: %v\n%s", err, out)
-	}
+	s.bin = binary(t)
 	cfg := fmt.Sprintf(`name = "bvsoak"
 socket = %q
 state_dir = %q
