@@ -55,6 +55,7 @@ bench:
 	$(GO) test -run '^$$' -bench . ./backends/loop/
 	$(GO) test -run '^$$' -bench 'CreateMount|Parallel' -benchtime 10x ./plugin/
 	$(GO) test -run '^$$' -bench 'Queries10k' -benchtime 2000x ./plugin/
+	$(GO) test -run '^$$' -bench 'CSIvsDocker' -benchtime 20x ./csi/
 	$(GO) test -run '^$$' -bench 'CreateRun' -benchtime 10x -timeout 20m ./test/e2e/
 	$(GO) test -run '^$$' -bench 'PluginLoad10k' -benchtime 2000x -timeout 20m ./test/e2e/
 	$(GO) test -run '^$$' -bench 'VM' -benchtime 1x -timeout 15m ./test/vm/
