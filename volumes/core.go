@@ -265,6 +265,7 @@ func (d *Core) lookup(ctx context.Context, name string) (backends.Volume, string
 	if len(failures) > 0 {
 		return backends.Volume{}, "", fmt.Errorf("volume %s could not be looked up: %w", quote.Short(name), errors.Join(failures...))
 	}
+	d.remember(name, "") // every backend says so: no longer a known volume
 	return backends.Volume{}, "", &userError{kind: sentinel.ErrNotFound, msg: fmt.Sprintf("volume %s does not exist", quote.Short(name))}
 }
 

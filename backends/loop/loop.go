@@ -884,20 +884,18 @@ func checkName(name string) error { return backends.CheckName(name, maxNameLen) 
 // recordPresent reports whether a record exists at path: a regular file, or
 // a symlink in its place (a damaged record, never followed).
 func recordPresent(path string) (bool, error) {
-	fi, err := os.Lstat(path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return false, nil
-	}
-	if err != nil {
-		return false, err
-	}
-	if !fi.Mode().IsRegular() && fi.Mode()&fs.ModeSymlink == 0 {
-		return false, fmt.Errorf("%s is not a regular file", path)
-	}
-	return true, nil
+	return present(path, func(m fs.FileMode) bool { return m.IsRegular() || m&fs.ModeSymlink != 0 })
 }
 
+// isRegular reports whether a regular file exists at path (never following
+// a symlink: one there is an error).
 func isRegular(path string) (bool, error) {
+	return present(path, fs.FileMode.IsRegular)
+}
+
+// present reports whether path exists; it is an error when what is there
+// does not pass ok.
+func present(path string, ok func(fs.FileMode) bool) (bool, error) {
 	fi, err := os.Lstat(path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
@@ -905,7 +903,7 @@ func isRegular(path string) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if !fi.Mode().IsRegular() {
+	if !ok(fi.Mode()) {
 		return false, fmt.Errorf("%s is not a regular file", path)
 	}
 	return true, nil

@@ -38,7 +38,9 @@ func TestServeWithADamagedRecord(t *testing.T) {
 	}
 
 	s.start(false)
-	var g struct{ Volume struct{ Status map[string]any } }
+	var g struct {
+		Volume struct{ Status map[string]any }
+	}
 	if err := s.call(ctx, "/VolumeDriver.Get", nameReq{Name: "bvbad"}, &g); err != nil {
 		t.Fatalf("Get of the volume whose record is damaged: %v", err)
 	}
