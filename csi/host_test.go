@@ -15,6 +15,7 @@ import (
 	"github.com/blockvol/blockvol/fs"
 	"github.com/blockvol/blockvol/hostexec"
 	"github.com/blockvol/blockvol/internal/testenv"
+	"github.com/blockvol/blockvol/internal/unixsock"
 	"github.com/blockvol/blockvol/plugin"
 	"github.com/blockvol/blockvol/volumes"
 )
@@ -93,7 +94,7 @@ func (h *host) start() {
 	if err := h.core.Recover(h.t.Context()); err != nil {
 		h.t.Fatal(err)
 	}
-	l, err := csi.Listen(h.sock)
+	l, err := unixsock.Listen(h.sock, 0o600, 0)
 	if err != nil {
 		h.t.Fatal(err)
 	}

@@ -17,11 +17,7 @@ package csi
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
-	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -138,36 +134,6 @@ func (s *Server) logCall(ctx context.Context, req any, info *grpc.UnaryServerInf
 	}
 	s.log.Log(ctx, lvl, "call", "method", info.FullMethod, "code", status.Code(err).String(), "elapsed", time.Since(start).Round(time.Millisecond), "err", err)
 	return resp, err
-}
-
-// Listen binds the CSI socket at path, mode 0600 (root only: the CO runs
-// as root). A socket file left by a dead process is replaced; one that a
-// live process answers on is not.
-func Listen(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return nil, fmt.Errorf("csi socket directory: %w", err)
-	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("csi socket %s: a file that is not a socket is in the way", path)
-		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("csi socket %s is in use by another running process; stop it first", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("remove stale csi socket %s: %w", path, err)
-		}
-	}
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("csi socket %s permissions: %w", path, err)
-	}
-	return l, nil
 }
 
 // GetPluginInfo names the plugin.

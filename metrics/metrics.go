@@ -14,12 +14,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/blockvol/blockvol/internal/unixsock"
 	"github.com/blockvol/blockvol/volumes"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -136,25 +135,9 @@ func Listen(addr string) (net.Listener, error) {
 		}
 		return l, nil
 	}
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("metrics: socket directory: %w", err)
-	}
-	if _, err := os.Lstat(path); err == nil {
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("metrics: socket %s is in use by another process", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("metrics: remove stale socket %s: %w", path, err)
-		}
-	}
-	l, err := net.Listen("unix", path)
+	l, err := unixsock.Listen(path, 0o660, -1)
 	if err != nil {
-		return nil, fmt.Errorf("metrics: listen on %s: %w", path, err)
-	}
-	if err := os.Chmod(path, 0o660); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("metrics: socket %s: %w", path, err)
+		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	return l, nil
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/blockvol/blockvol/csi"
 	"github.com/blockvol/blockvol/fs"
 	"github.com/blockvol/blockvol/hostexec"
+	"github.com/blockvol/blockvol/internal/unixsock"
 	"github.com/blockvol/blockvol/state"
 	"github.com/blockvol/blockvol/volumes"
 	"google.golang.org/grpc"
@@ -59,7 +60,7 @@ func newCSIDoor(cfg config.Config, core *volumes.Core, log *slog.Logger) (*csiDo
 // flight finish (the core's Wait covers them); stop then closes the rest
 // and removes the socket.
 func (c *csiDoor) serve() (stop func(), err error) {
-	l, err := csi.Listen(c.path)
+	l, err := unixsock.Listen(c.path, 0o600, 0) // root only: the CO runs as root
 	if err != nil {
 		return nil, err
 	}

@@ -11,12 +11,12 @@ import (
 	"os"
 	"os/signal"
 	"os/user"
-	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
 
 	"github.com/blockvol/blockvol/config"
+	"github.com/blockvol/blockvol/internal/unixsock"
 	"github.com/blockvol/blockvol/metrics"
 	"github.com/blockvol/blockvol/plugin"
 	"github.com/blockvol/blockvol/volumes"
@@ -246,18 +246,6 @@ func pluginListener(cfg config.Config, log *slog.Logger) (l net.Listener, activa
 // socket file left by a dead process is replaced; one that a live process
 // still answers on is not.
 func listen(path, group string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return nil, fmt.Errorf("socket directory: %w", err)
-	}
-	if _, err := os.Lstat(path); err == nil {
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("socket %s is in use by another running plugin; stop it first", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
-		}
-	}
 	gid := 0
 	if group != "" {
 		g, err := user.LookupGroup(group)
@@ -268,13 +256,5 @@ func listen(path, group string) (net.Listener, error) {
 			return nil, fmt.Errorf("socket_group %q: bad gid %q", group, g.Gid)
 		}
 	}
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", path, err)
-	}
-	if err := errors.Join(os.Chmod(path, 0o660), os.Chown(path, 0, gid)); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("socket %s permissions: %w", path, err)
-	}
-	return l, nil
+	return unixsock.Listen(path, 0o660, gid)
 }
