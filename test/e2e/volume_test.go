@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -433,7 +434,8 @@ func TestBadOptionsRejected(t *testing.T) {
 	requireReleased(t, p)
 }
 
-// TestPluginStopsCleanly: SIGTERM ends an idle plugin with status 0 and
+// TestPluginStopsCleanly: SIGTERM ends a plugin with no call in progress
+// (one half-sent request) at once, with status 0, and
 // removes its socket (a socket left behind stalls Docker ~15 s per call).
 // The plugin listens on a private socket that dockerd never scans, so
 // stopping it cannot stall the other tests.
@@ -441,6 +443,18 @@ func TestPluginStopsCleanly(t *testing.T) {
 	requireDocker(t)
 	sock := filepath.Join(env.root, fmt.Sprintf("stop-%d.sock", time.Now().UnixNano()%1e6))
 	p := startPlugin(t, PluginConfig{Socket: sock})
+	// A client that sends half a request must not hold the stopping
+	// plugin: only calls in progress get the shutdown grace.
+	c, err := net.Dial("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("POST /VolumeDriver.Create HTTP/1.1\r\nHost: p\r\nContent-Length: 100\r\n\r\n{\"Name\":")); err != nil {
+		t.Fatal(err)
+	}
+	// The plugin has read it once it answers a call made after it.
+	pluginOK(t, p, "VolumeDriver.List", "{}")
 	if err := p.Stop(); err != nil {
 		t.Fatal(err)
 	}
