@@ -66,6 +66,15 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csipb.NodeStageVolume
 	}
 	staging = filepath.Clean(staging)
 	block := vc.GetBlock() != nil
+	if fs := vc.GetMount().GetFsType(); fs != "" {
+		info, err := s.core.Get(ctx, id)
+		if err != nil {
+			return nil, toStatus(err)
+		}
+		if info.OptionsKnown && fs != info.Options.FSType {
+			return nil, status.Errorf(codes.FailedPrecondition, "volume %s is %s, not %s (its fstype is chosen when it is created)", quote.Short(id), info.Options.FSType, quote.Short(fs))
+		}
+	}
 	cl := volumes.Claim{
 		Name: id, User: stagePrefix + staging, Block: block,
 		Preempt: req.GetPublishContext()["preempt"] == "true",
