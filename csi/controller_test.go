@@ -21,7 +21,7 @@ func TestPickSize(t *testing.T) {
 	const def = 1 << 30
 	for _, tc := range []struct {
 		req, lim, want int64
-		code         codes.Code
+		code           codes.Code
 	}{
 		{0, 0, def, codes.OK},
 		{1, 0, mib, codes.OK},
