@@ -100,7 +100,8 @@ type Core struct {
 }
 
 // New validates cfg, loads the records of the state directory and returns
-// a Core. Call Recover before serving.
+// a Core. A record that cannot be read or makes no sense is set aside and
+// reported (see quarantine), never fatal. Call Recover before serving.
 func New(cfg Config) (*Core, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()

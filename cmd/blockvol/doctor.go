@@ -33,7 +33,8 @@ import (
 const doctorUsage = `usage: blockvol doctor [--config FILE] [--socket PATH] [--json]
 
 Checks that this host can run blockvol: kernel module, iSCSI initiator,
-tools, configuration, the plugin socket and each backend. One line per
+tools, configuration, the plugin socket, damaged state records set aside
+and each backend; it changes nothing on the host. One line per
 check (OK, WARN or FAIL, and what to do); exit status 1 on any FAIL.
 iSCSI checks FAIL when a backend that attaches over iSCSI is configured
 (iscsitarget, cinder), and only WARN otherwise.
