@@ -4,7 +4,7 @@ PREFIX  ?= /usr/local
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: build install test setup unit bench fuzz vet clean e2e-vm
+.PHONY: build install plugin test setup unit bench fuzz vet clean e2e-vm
 
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/blockvol ./cmd/blockvol
@@ -15,6 +15,16 @@ install: build
 	install -D -m 0755 bin/blockvol $(DESTDIR)$(PREFIX)/bin/blockvol
 	install -d -m 0755 $(DESTDIR)/etc/blockvol
 	[ -e $(DESTDIR)/etc/blockvol/config.toml ] || install -m 0600 config.example.toml $(DESTDIR)/etc/blockvol/config.toml
+
+# The Docker managed (v2) plugin $(PLUGIN):$(VERSION), assembled from this
+# machine's files (docker-plugin/build.sh; no image pulled) and created in
+# the Docker daemon $(DOCKER) talks to. docs/managed-plugin.md.
+PLUGIN ?= blockvol
+DOCKER ?= docker
+plugin:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/plugin/blockvol ./cmd/blockvol
+	docker-plugin/build.sh bin/plugin/blockvol bin/plugin/dir
+	$(DOCKER) plugin create $(PLUGIN):$(VERSION) bin/plugin/dir
 
 # The whole suite. As root it first installs what is missing (test/setup.sh:
 # Debian packages, the VM kernel, the OpenStack services), so nothing is

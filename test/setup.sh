@@ -7,6 +7,7 @@
 #
 # Each area keeps its own setup script; add a new one to the list below:
 #   test/vm/setup.sh              qemu, tgt, open-iscsi, Debian's cloud kernel
+#                                 (open-iscsi is also in the managed plugin)
 #   test/openstack/setup.sh setup Keystone + Cinder (initialised once, then
 #                                 stopped; a stack already running is left alone)
 set -eu
@@ -39,6 +40,22 @@ if [ -n "$missing" ]; then
   { $APT install --no-install-recommends $missing >$aptlog 2>&1 ||
     { $APT update >>$aptlog 2>&1 && $APT install --no-install-recommends $missing >>$aptlog 2>&1; }; } ||
     { tail -30 $aptlog >&2; log "apt-get install failed (log: $aptlog)"; exit 1; }
+fi
+
+# docker-registry (test/managed: the source of `docker plugin upgrade`)
+# would start a service on :5000, Keystone's port: install it with
+# services forbidden; the test runs its own on 127.0.0.1.
+if ! dpkg-query -W -f='${Status}\n' docker-registry 2>/dev/null | grep -q '^install ok installed$'; then
+  log "installing docker-registry"
+  made_policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && made_policy=1
+  fi
+  rc=0
+  $APT install --no-install-recommends docker-registry >/tmp/blockvol-test-apt.log 2>&1 ||
+    { $APT update >>/tmp/blockvol-test-apt.log 2>&1 && $APT install --no-install-recommends docker-registry >>/tmp/blockvol-test-apt.log 2>&1; } || rc=$?
+  [ -n "$made_policy" ] && rm -f /usr/sbin/policy-rc.d
+  [ $rc = 0 ] || { tail -30 /tmp/blockvol-test-apt.log >&2; log "apt-get install docker-registry failed"; exit 1; }
 fi
 
 test/vm/setup.sh

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+
+	"github.com/blockvol/blockvol/config"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -20,6 +22,7 @@ commands:
                           serve the Docker volume plugin socket (takes the
                           socket from systemd when socket-activated), and
                           CSI when an endpoint is given (docs/csi.md)
+  serve --managed         the same inside a Docker managed plugin (make plugin)
   volume ls|inspect|create|rm|mount|unmount
                           manage volumes through the running plugin
                           (blockvol volume --help)
@@ -43,10 +46,24 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fl.SetOutput(stderr)
 		configPath := fl.String("config", defaultConfigPath, "configuration file (TOML)")
 		csiEndpoint := fl.String("csi-endpoint", "", "also serve CSI on this endpoint, unix:///PATH (overrides csi.endpoint)")
+		managed := fl.Bool("managed", false, "run as a Docker managed plugin: configuration from the plugin's settings (docker-plugin/config.json)")
 		if err := fl.Parse(args[1:]); err != nil {
 			return 2
 		}
-		if err := serve(*configPath, *csiEndpoint, stderr); err != nil {
+		var cfg config.Config
+		var err error
+		switch {
+		case *managed && isFlagSet(fl, "config"):
+			err = errManagedWithConfig
+		case *managed:
+			cfg, err = managedConfig(os.Getenv)
+		default:
+			cfg, err = config.Load(*configPath)
+		}
+		if err == nil {
+			err = serve(cfg, *csiEndpoint, stderr)
+		}
+		if err != nil {
 			fmt.Fprintf(stderr, "blockvol: %v\n", err)
 			return 1
 		}
@@ -68,3 +85,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 }
 
 var errUsage = errors.New("usage")
+
+// isFlagSet reports whether the command line gave flag name.
+func isFlagSet(fl *flag.FlagSet, name string) bool {
+	set := false
+	fl.Visit(func(f *flag.Flag) { set = set || f.Name == name })
+	return set
+}

@@ -36,11 +36,7 @@ const shutdownGrace = 150 * time.Second
 // recoverTimeout bounds the reconciliation of earlier state at start.
 const recoverTimeout = 2 * time.Minute
 
-func serve(configPath, csiEndpoint string, stderr io.Writer) error {
-	cfg, err := config.Load(configPath)
-	if err != nil {
-		return err
-	}
+func serve(cfg config.Config, csiEndpoint string, stderr io.Writer) error {
 	if csiEndpoint != "" {
 		if _, err := config.CSISocketPath(csiEndpoint); err != nil {
 			return fmt.Errorf("--csi-endpoint: %w", err)

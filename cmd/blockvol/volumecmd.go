@@ -89,9 +89,7 @@ func (s socketFlags) resolve() (string, error) {
 	if err == nil {
 		return cfg.Socket, nil
 	}
-	explicit := false
-	s.fl.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "config" })
-	if !explicit && (errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission)) {
+	if !isFlagSet(s.fl, "config") && (errors.Is(err, fs.ErrNotExist) || errors.Is(err, fs.ErrPermission)) {
 		return filepath.Join("/run/docker/plugins", config.Default().Name+".sock"), nil
 	}
 	return "", err
