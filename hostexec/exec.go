@@ -68,7 +68,9 @@ func (o OS) Run(ctx context.Context, name string, args ...string) ([]byte, error
 	cmd.Stdout = &stdout
 	cmd.Stderr = &stderr
 	err := cmd.Run()
-	if err == nil {
+	if err == nil || errors.Is(err, exec.ErrWaitDelay) && ctx.Err() == nil {
+		// ErrWaitDelay: the program succeeded, but something it left
+		// running still held its output (see waitDelay): its work is done.
 		return stdout.Bytes(), nil
 	}
 	if ctxErr := ctx.Err(); ctxErr != nil {

@@ -134,3 +134,19 @@ func TestRunProgramDiesWithItsCaller(t *testing.T) {
 		t.Fatalf("program %d outlived its killed caller", pid)
 	}
 }
+
+// A program that succeeds but leaves a child holding its output is done:
+// Run returns its output without waiting for the child.
+func TestRunDoesNotWaitForAChildHoldingTheOutput(t *testing.T) {
+	pidFile := filepath.Join(t.TempDir(), "child.pid")
+	start := time.Now()
+	out, err := OS{}.Run(t.Context(), "sh", "-c", `sleep 30 & echo $! > `+pidFile+`; echo done`)
+	pid := waitPidFile(t, pidFile)
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGKILL) })
+	if err != nil || string(out) != "done\n" {
+		t.Fatalf("Run = %q, %v", out, err)
+	}
+	if el := time.Since(start); el > 5*time.Second {
+		t.Fatalf("Run took %v: it waited for the child", el)
+	}
+}
