@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/blockvol/blockvol/internal/quote"
 	"io"
+	"log/slog"
 	"net/http"
 
 	"github.com/docker/go-plugins-helpers/volume"
@@ -32,6 +34,8 @@ type Handler struct {
 	// it returns false the call is not made (the plugin is stopping) and
 	// nothing is answered.
 	Begin func(*http.Request) bool
+	// Log, when set, gets one debug line per request received.
+	Log *slog.Logger
 }
 
 // NewHandler returns the protocol handler of drv.
@@ -64,7 +68,12 @@ func NewHandler(drv volume.Driver) *Handler {
 }
 
 // ServeHTTP implements http.Handler.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.Log != nil {
+		h.Log.Debug("request", "path", quote.Prefix(r.URL.Path))
+	}
+	h.mux.ServeHTTP(w, r)
+}
 
 // badRequest is a request refused before the driver saw it.
 type badRequest struct{ msg string }

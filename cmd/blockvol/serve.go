@@ -115,6 +115,7 @@ func serveUntilSignal(l net.Listener, drv waitingDriver, sigs <-chan os.Signal, 
 	calls := newCallTracker()
 	h := plugin.NewHandler(drv)
 	h.Begin = calls.begin
+	h.Log = log
 	srv := &http.Server{
 		Handler:     h,
 		ConnState:   calls.connState,
