@@ -60,6 +60,9 @@ type CinderConfig struct {
 	HostName string `toml:"host_name"`
 	// Multipath asks Cinder for every portal of a target.
 	Multipath bool `toml:"multipath"`
+	// Zone is the availability zone of this host ("" = none): CSI reports
+	// it as the node's topology and creates volumes there.
+	Zone string `toml:"zone"`
 	// HostUUIDFile keeps the host UUID generated when [iscsi] host_uuid
 	// is not set. Default <state_dir>/host-uuid.
 	HostUUIDFile string `toml:"host_uuid_file"`

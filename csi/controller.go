@@ -143,6 +143,16 @@ func (s *Server) CreateVolume(ctx context.Context, req *csipb.CreateVolumeReques
 	if err != nil {
 		return nil, err
 	}
+	bn, ok := lookupFold(opts, "backend")
+	if !ok {
+		bn = s.core.DefaultBackend()
+	}
+	_, zoned := s.core.Zones()[bn]
+	if _, set := lookupFold(opts, "availabilityzone"); zoned && !set {
+		if z := pickZone(req.GetAccessibilityRequirements(), bn); z != "" {
+			opts["availabilityzone"] = z
+		}
+	}
 	info, err := s.core.Get(ctx, name)
 	switch {
 	case errors.Is(err, sentinel.ErrNotFound):
@@ -161,7 +171,9 @@ func (s *Server) CreateVolume(ctx context.Context, req *csipb.CreateVolumeReques
 	if why := incompatible(info, req, opts); why != "" {
 		return nil, status.Errorf(codes.AlreadyExists, "volume %q exists already with %s", quote.Prefix(name), why)
 	}
-	return &csipb.CreateVolumeResponse{Volume: s.csiVolume(info)}, nil
+	v := s.csiVolume(info)
+	v.AccessibleTopology = volumeTopology(info, zoned)
+	return &csipb.CreateVolumeResponse{Volume: v}, nil
 }
 
 // incompatible says how an existing volume differs from a create request,

@@ -179,3 +179,38 @@ func TestListVolumesPaging(t *testing.T) {
 		t.Fatalf("a foreign token = %v; want ABORTED", err)
 	}
 }
+
+func TestTopology(t *testing.T) {
+	ctx := context.Background()
+	s, _, _ := fakeHost(t)
+	caps, _ := s.GetPluginCapabilities(ctx, &csipb.GetPluginCapabilitiesRequest{})
+	info, _ := s.NodeGetInfo(ctx, &csipb.NodeGetInfoRequest{})
+	if len(caps.Capabilities) != 1 || info.AccessibleTopology != nil {
+		t.Fatalf("without zones: capabilities %v, node topology %v; want neither topology", caps.Capabilities, info.AccessibleTopology)
+	}
+
+	s, be, _ := fakeHostInZone(t, "az1")
+	caps, _ = s.GetPluginCapabilities(ctx, &csipb.GetPluginCapabilitiesRequest{})
+	if len(caps.Capabilities) != 2 || caps.Capabilities[1].GetService().GetType() != csipb.PluginCapability_Service_VOLUME_ACCESSIBILITY_CONSTRAINTS {
+		t.Fatalf("with zones: capabilities %v", caps.Capabilities)
+	}
+	info, _ = s.NodeGetInfo(ctx, &csipb.NodeGetInfoRequest{})
+	if got := info.AccessibleTopology.GetSegments()["blockvol.csi/zone-shared"]; got != "az1" {
+		t.Fatalf("node topology %v; want zone az1", info.AccessibleTopology)
+	}
+	req := &csipb.CreateVolumeRequest{Name: "z", VolumeCapabilities: []*csipb.VolumeCapability{rwMount},
+		AccessibilityRequirements: &csipb.TopologyRequirement{
+			Requisite: []*csipb.Topology{{Segments: map[string]string{"blockvol.csi/zone-shared": "az1"}}, {Segments: map[string]string{"blockvol.csi/zone-shared": "az2"}}},
+			Preferred: []*csipb.Topology{{Segments: map[string]string{"blockvol.csi/zone-shared": "az2"}}},
+		}}
+	res, err := s.CreateVolume(ctx, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if be.lastAZ != "az2" {
+		t.Fatalf("volume created in zone %q; want the preferred az2", be.lastAZ)
+	}
+	if got := res.Volume.AccessibleTopology; len(got) != 1 || got[0].Segments["blockvol.csi/zone-shared"] != "az2" {
+		t.Fatalf("volume topology %v; want az2", got)
+	}
+}

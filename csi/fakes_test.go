@@ -21,7 +21,11 @@ type fakeBackend struct {
 	vols     map[string]backends.Volume
 	attached map[string]string
 	preempts []bool
+	zone     string // this host's zone (backends.Zoner); "" = none
+	lastAZ   string // AvailabilityZone of the last Create
 }
+
+func (f *fakeBackend) Zone() string { return f.zone }
 
 func (f *fakeBackend) Scope() string { return backends.ScopeGlobal }
 func (f *fakeBackend) Create(_ context.Context, r backends.CreateRequest) (backends.Volume, error) {
@@ -30,6 +34,7 @@ func (f *fakeBackend) Create(_ context.Context, r backends.CreateRequest) (backe
 	if _, ok := f.vols[r.Name]; ok {
 		return backends.Volume{}, sentinel.ErrExists
 	}
+	f.lastAZ = r.AvailabilityZone
 	v := backends.Volume{Name: r.Name, SizeBytes: r.SizeBytes, CreatedAt: time.Unix(0, 0), Meta: maps.Clone(r.Meta)}
 	f.vols[r.Name] = v
 	return v, nil
@@ -140,8 +145,14 @@ const (
 
 // fakeHost is a CSI door over the fakes, with node id nodeA.
 func fakeHost(t *testing.T) (*Server, *fakeBackend, *fakeFS) {
+	return fakeHostInZone(t, "")
+}
+
+// fakeHostInZone is fakeHost whose backend has availability zones, this
+// host in zone.
+func fakeHostInZone(t *testing.T, zone string) (*Server, *fakeBackend, *fakeFS) {
 	t.Helper()
-	be := &fakeBackend{vols: map[string]backends.Volume{}, attached: map[string]string{}}
+	be := &fakeBackend{vols: map[string]backends.Volume{}, attached: map[string]string{}, zone: zone}
 	f := &fakeFS{mounts: map[string]string{}, ro: map[string]bool{}}
 	core, err := volumes.New(volumes.Config{
 		Backends:       map[string]backends.Backend{"shared": be},

@@ -31,9 +31,10 @@ func (s *Server) NodeGetCapabilities(context.Context, *csipb.NodeGetCapabilities
 	return &csipb.NodeGetCapabilitiesResponse{Capabilities: caps}, nil
 }
 
-// NodeGetInfo: the node id is this host's UUID.
+// NodeGetInfo: the node id is this host's UUID; the topology, the zones of
+// the backends that have them.
 func (s *Server) NodeGetInfo(context.Context, *csipb.NodeGetInfoRequest) (*csipb.NodeGetInfoResponse, error) {
-	return &csipb.NodeGetInfoResponse{NodeId: s.cfg.NodeID}, nil
+	return &csipb.NodeGetInfoResponse{NodeId: s.cfg.NodeID, AccessibleTopology: s.nodeTopology()}, nil
 }
 
 func absPath(what, p string) error {

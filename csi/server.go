@@ -141,12 +141,18 @@ func (s *Server) GetPluginInfo(context.Context, *csipb.GetPluginInfoRequest) (*c
 	return &csipb.GetPluginInfoResponse{Name: s.cfg.Name, VendorVersion: s.cfg.Version}, nil
 }
 
-// GetPluginCapabilities: a controller service. No topology: no backend
-// reports zones yet.
+// GetPluginCapabilities: a controller service; topology when a backend has
+// availability zones.
 func (s *Server) GetPluginCapabilities(context.Context, *csipb.GetPluginCapabilitiesRequest) (*csipb.GetPluginCapabilitiesResponse, error) {
-	return &csipb.GetPluginCapabilitiesResponse{Capabilities: []*csipb.PluginCapability{{
-		Type: &csipb.PluginCapability_Service_{Service: &csipb.PluginCapability_Service{Type: csipb.PluginCapability_Service_CONTROLLER_SERVICE}},
-	}}}, nil
+	types := []csipb.PluginCapability_Service_Type{csipb.PluginCapability_Service_CONTROLLER_SERVICE}
+	if len(s.core.Zones()) > 0 {
+		types = append(types, csipb.PluginCapability_Service_VOLUME_ACCESSIBILITY_CONSTRAINTS)
+	}
+	var caps []*csipb.PluginCapability
+	for _, t := range types {
+		caps = append(caps, &csipb.PluginCapability{Type: &csipb.PluginCapability_Service_{Service: &csipb.PluginCapability_Service{Type: t}}})
+	}
+	return &csipb.GetPluginCapabilitiesResponse{Capabilities: caps}, nil
 }
 
 // Probe: ready once serving (recovery runs before the socket is served).

@@ -192,3 +192,15 @@ func (d *Core) BackendScope(backend string) string {
 
 // DefaultOptions are the options of a create that gives none.
 func (d *Core) DefaultOptions() Options { return d.defaults }
+
+// Zones maps each backend with availability zones (backends.Zoner) to the
+// zone this host uses it in.
+func (d *Core) Zones() map[string]string {
+	out := map[string]string{}
+	for bn, be := range d.cfg.Backends {
+		if z, ok := be.(backends.Zoner); ok && z.Zone() != "" {
+			out[bn] = z.Zone()
+		}
+	}
+	return out
+}

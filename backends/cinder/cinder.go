@@ -139,7 +139,13 @@ type Config struct {
 	Multipath bool
 	// StateDir holds the records of attached volumes (mode 0700).
 	StateDir string
+	// Zone is the availability zone of this host ("" = none): where CSI
+	// creates the volumes of nodes in it (backends.Zoner).
+	Zone string
 }
+
+// Zone implements backends.Zoner.
+func (b *Backend) Zone() string { return b.cfg.Zone }
 
 // Backend implements backends.Backend with OpenStack Cinder.
 type Backend struct {

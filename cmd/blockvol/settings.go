@@ -47,6 +47,7 @@ func cinderSettings(k *config.CinderConfig) cinder.Config {
 		InitiatorIP:                 k.InitiatorIP,
 		Multipath:                   k.Multipath,
 		StateDir:                    k.StateDir,
+		Zone:                        k.Zone,
 	}
 }
 
