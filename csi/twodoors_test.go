@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/blockvol/blockvol/internal/sentinel"
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
@@ -67,6 +68,21 @@ func (h *host) loops() int {
 		}
 	}
 	return n
+}
+
+// noLoopsLeft waits until the host's data directory backs no loop device:
+// the kernel completes a detach asynchronously.
+func (h *host) noLoopsLeft() bool {
+	deadline := time.Now().Add(5 * time.Second)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for h.loops() > 0 {
+		if time.Now().After(deadline) {
+			return false
+		}
+		<-tick.C
+	}
+	return true
 }
 
 // TestOneVolumeTwoDoors: a volume created by Docker is staged and
@@ -157,8 +173,8 @@ func TestOneVolumeTwoDoors(t *testing.T) {
 	if err := h.docker.Unmount(&volume.UnmountRequest{Name: name, ID: strings.Repeat("d", 64)}); err != nil {
 		t.Fatal(err)
 	}
-	if n := h.loops(); n != 0 {
-		t.Fatalf("%d loop devices left after every user left", n)
+	if !h.noLoopsLeft() {
+		t.Fatalf("%d loop devices left after every user left", h.loops())
 	}
 	if _, err := c.DeleteVolume(ctx, &csipb.DeleteVolumeRequest{VolumeId: name}); err != nil {
 		t.Fatal(err)
@@ -233,8 +249,8 @@ func TestKillDuringCSIUseRecovers(t *testing.T) {
 			t.Fatalf("%s: %d users after the mounts vanished; want none", n, got)
 		}
 	}
-	if n := h.loops(); n != 0 {
-		t.Fatalf("%d loop devices left after recovery released everything", n)
+	if !h.noLoopsLeft() {
+		t.Fatalf("%d loop devices left after recovery released everything", h.loops())
 	}
 }
 
