@@ -2,6 +2,7 @@ package csi
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 
@@ -212,5 +213,34 @@ func TestTopology(t *testing.T) {
 	}
 	if got := res.Volume.AccessibleTopology; len(got) != 1 || got[0].Segments["blockvol.csi/zone-shared"] != "az2" {
 		t.Fatalf("volume topology %v; want az2", got)
+	}
+}
+
+// TestFailedBindUndoesTheClaim: NodeStage whose bind mount fails leaves
+// nothing: no claim, no mount, nothing attached; a retry works.
+func TestFailedBindUndoesTheClaim(t *testing.T) {
+	s, be, f := fakeHost(t)
+	ctx := context.Background()
+	if _, err := s.CreateVolume(ctx, &csipb.CreateVolumeRequest{Name: "v", VolumeCapabilities: []*csipb.VolumeCapability{rwMount}}); err != nil {
+		t.Fatal(err)
+	}
+	f.bindErr = errors.New("permission denied")
+	stage := &csipb.NodeStageVolumeRequest{VolumeId: "v", StagingTargetPath: "/stage/v", VolumeCapability: rwMount}
+	if _, err := s.NodeStageVolume(ctx, stage); err == nil || !strings.Contains(err.Error(), "permission denied") {
+		t.Fatalf("NodeStage with a failing bind = %v", err)
+	}
+	if len(f.mounts) != 0 || len(be.attached) != 0 || s.core.Holds("v", stagePrefix+"/stage/v") {
+		t.Fatalf("a failed NodeStage left mounts %v, attached %v", f.mounts, be.attached)
+	}
+	if _, err := s.NodeStageVolume(ctx, stage); err != nil {
+		t.Fatalf("retry = %v", err)
+	}
+	// A second stage path whose bind fails drops only its own claim.
+	f.bindErr = errors.New("permission denied")
+	if _, err := s.NodeStageVolume(ctx, &csipb.NodeStageVolumeRequest{VolumeId: "v", StagingTargetPath: "/stage/w", VolumeCapability: rwMount}); err == nil {
+		t.Fatal("second NodeStage with a failing bind succeeded")
+	}
+	if !s.core.Holds("v", stagePrefix+"/stage/v") || s.core.Holds("v", stagePrefix+"/stage/w") || f.mounts["/mnt/bv/v"] == "" {
+		t.Fatalf("after a failed second stage: mounts %v", f.mounts)
 	}
 }

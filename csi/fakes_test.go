@@ -89,9 +89,10 @@ func (f *fakeBackend) Detach(_ context.Context, name string) error {
 // fakeFS keeps mounts in a map; it serves both the core (volumes.Filesystem)
 // and the door (Mounts).
 type fakeFS struct {
-	mu     sync.Mutex
-	mounts map[string]string // target → source
-	ro     map[string]bool
+	mu       sync.Mutex
+	mounts   map[string]string // target → source
+	ro       map[string]bool
+	bindErr  error // returned by the next Bind
 }
 
 func (f *fakeFS) Prepare(_ context.Context, _, fstype string, _ bool) (string, bool, error) {
@@ -122,6 +123,10 @@ func (f *fakeFS) IsMountPoint(target string) (bool, error) {
 func (f *fakeFS) Bind(_ context.Context, source, target string, ro bool) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.bindErr; err != nil {
+		f.bindErr = nil
+		return err
+	}
 	if cur, ok := f.mounts[target]; ok {
 		if cur != f.mounts[source] || f.ro[target] != ro {
 			return fmt.Errorf("%s mounted differently: %w", target, errDifferent)

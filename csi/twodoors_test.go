@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -113,10 +114,16 @@ func TestOneVolumeTwoDoors(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tp := range []string{target, target2} {
-		if _, err := c.NodePublishVolume(ctx, &csipb.NodePublishVolumeRequest{VolumeId: name, StagingTargetPath: staging, TargetPath: tp, VolumeCapability: mountCap}); err != nil {
+		ro := tp == target2
+		if _, err := c.NodePublishVolume(ctx, &csipb.NodePublishVolumeRequest{VolumeId: name, StagingTargetPath: staging, TargetPath: tp, VolumeCapability: mountCap, Readonly: ro}); err != nil {
 			t.Fatal(err)
 		}
 	}
+	if err := os.WriteFile(filepath.Join(target2, "x"), []byte("x"), 0o644); !errors.Is(err, syscall.EROFS) {
+		t.Fatalf("write through a read-only publish = %v; want EROFS", err)
+	}
+	_, err = c.NodePublishVolume(ctx, &csipb.NodePublishVolumeRequest{VolumeId: name, StagingTargetPath: staging, TargetPath: target2, VolumeCapability: mountCap})
+	wantCode(t, "NodePublish read-write at a read-only target", err, codes.AlreadyExists)
 	res, err := h.docker.Mount(&volume.MountRequest{Name: name, ID: strings.Repeat("d", 64)})
 	if err != nil {
 		t.Fatal(err)
