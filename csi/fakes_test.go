@@ -89,10 +89,10 @@ func (f *fakeBackend) Detach(_ context.Context, name string) error {
 // fakeFS keeps mounts in a map; it serves both the core (volumes.Filesystem)
 // and the door (Mounts).
 type fakeFS struct {
-	mu       sync.Mutex
-	mounts   map[string]string // target → source
-	ro       map[string]bool
-	bindErr  error // returned by the next Bind
+	mu      sync.Mutex
+	mounts  map[string]string // target → source
+	ro      map[string]bool
+	bindErr error // returned by the next Bind
 }
 
 func (f *fakeFS) Prepare(_ context.Context, _, fstype string, _ bool) (string, bool, error) {
