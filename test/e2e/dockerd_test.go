@@ -394,18 +394,6 @@ func pidAlive(pidFile string) bool {
 
 const pluginSocketDir = "/run/docker/plugins"
 
-// warnStaleSockets warns about plugin sockets nobody listens on: dockerd
-// scans them on every `docker volume ls` and stalls ~15 s on each.
-func warnStaleSockets() {
-	socks, _ := filepath.Glob(filepath.Join(pluginSocketDir, "*.sock"))
-	more, _ := filepath.Glob(filepath.Join(pluginSocketDir, "*", "*.sock"))
-	for _, s := range append(socks, more...) {
-		if !socketListening(s) {
-			fmt.Fprintf(os.Stderr, "e2e: warning: %s has no listener; every `docker volume ls` will stall ~15 s on it\n", s)
-		}
-	}
-}
-
 func socketListening(path string) bool {
 	c, err := net.DialTimeout("unix", path, 500*time.Millisecond)
 	if err != nil {

@@ -142,7 +142,6 @@ func setUp() error {
 	if err := lockRun(root); err != nil {
 		return err
 	}
-	warnStaleSockets()
 	d, err := startDockerd(root)
 	if err != nil {
 		return err
@@ -199,9 +198,6 @@ func requireRoot(t testing.TB) {
 func requireDocker(t testing.TB) *dockerd {
 	t.Helper()
 	skipUnlessSetUp(t)
-	if env.setup != nil {
-		t.Fatalf("e2e setup failed: %v", env.setup)
-	}
 	d := env.dockerd
 	from := d.logSize()
 	t.Cleanup(func() {
@@ -213,7 +209,8 @@ func requireDocker(t testing.TB) *dockerd {
 }
 
 // skipUnlessSetUp skips t in -short mode (plainly), without root, or when
-// TestMain found a prerequisite missing (see testenv.Skip).
+// TestMain found a prerequisite missing (see testenv.Skip); it fails t when
+// the package setup failed.
 func skipUnlessSetUp(t testing.TB) {
 	t.Helper()
 	if env.short {
@@ -222,6 +219,9 @@ func skipUnlessSetUp(t testing.TB) {
 	requireRoot(t)
 	if env.skip != "" {
 		testenv.Skip(t, env.skip)
+	}
+	if env.setup != nil {
+		t.Fatalf("e2e setup failed: %v", env.setup)
 	}
 }
 

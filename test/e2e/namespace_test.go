@@ -32,6 +32,23 @@ var pluginDirs = []string{pluginSocketDir, "/etc/docker/plugins", "/usr/lib/dock
 
 func insideNamespace() bool { return os.Getenv(nsEnv) == "1" }
 
+// ownNamespace reports whether this process has a mount namespace other
+// than its parent's: privatizeNamespace must never run in the host's.
+func ownNamespace() error {
+	self, err := os.Readlink("/proc/self/ns/mnt")
+	if err != nil {
+		return err
+	}
+	parent, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", os.Getppid()))
+	if err != nil {
+		return err
+	}
+	if self == parent {
+		return fmt.Errorf("%s=1 is set but this process shares its parent's mount namespace (%s); refusing to change the host's mounts", nsEnv, self)
+	}
+	return nil
+}
+
 // runInNamespace runs this test binary again, with the same arguments and
 // output, in a new mount namespace, and returns its exit code. It dies with
 // us (Pdeathsig); SIGINT and SIGTERM are passed on.
@@ -76,6 +93,9 @@ func runInNamespace() int {
 // lets go of the host's block-device mounts the namespace need not hold,
 // and hides the plugin directories behind empty tmpfs mounts.
 func privatizeNamespace() error {
+	if err := ownNamespace(); err != nil {
+		return err
+	}
 	// Mounts made here stay here; unmounts on the host still reach us
 	// where the host's mounts are shared.
 	if err := syscall.Mount("", "/", "", syscall.MS_REC|syscall.MS_SLAVE, ""); err != nil {
