@@ -18,6 +18,7 @@ const (
 type signature struct {
 	Type   string // TYPE=: a filesystem, LVM2_member, swap, crypto_LUKS, ...
 	PTType string // PTTYPE=: a partition table (dos, gpt, ...)
+	UUID   string // UUID=: the filesystem's UUID, when it has one
 }
 
 // blank reports whether nothing at all was found.
@@ -87,6 +88,8 @@ func parseBlkidExport(out string) signature {
 			sig.Type = val
 		case "PTTYPE":
 			sig.PTType = val
+		case "UUID":
+			sig.UUID = val
 		}
 	}
 	return sig

@@ -27,6 +27,7 @@ type realHost struct {
 	t                         testing.TB
 	stateDir, dataDir, mntDir string
 	d                         *plugin.Driver
+	core                      *volumes.Core
 	fs                        *fs.FS
 }
 
@@ -77,7 +78,7 @@ func (h *realHost) restart() {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	h.d = plugin.New(core)
+	h.d, h.core = plugin.New(core), core
 	if err := core.Recover(h.t.Context()); err != nil {
 		h.t.Fatal(err)
 	}

@@ -40,6 +40,14 @@ func (d *Core) Create(ctx context.Context, name string, rawOpts map[string]strin
 		log.Info("volume exists already; options of this create ignored", "backend", bn)
 		return nil
 	}
+	if opts.From != "" {
+		bn, err := d.createClone(ctx, log, name, opts)
+		if err != nil {
+			return err
+		}
+		d.remember(name, bn)
+		return nil
+	}
 	be := d.cfg.Backends[opts.Backend]
 	_, err = be.Create(ctx, backends.CreateRequest{
 		Name:             name,

@@ -182,7 +182,10 @@ func (d *Core) bringUp(ctx context.Context, log *slog.Logger, r record, vol back
 	if r.Block {
 		// The raw device is handed out: whatever its user writes on it is
 		// data, never to be formatted by a later first mount.
-		meta := withoutKey(withoutKey(vol.Meta, metaFreshKey), metaOverwritePendingKey)
+		meta := vol.Meta
+		for _, k := range []string{metaFreshKey, metaOverwritePendingKey, metaNewUUIDKey, metaGrowKey} {
+			meta = withoutKey(meta, k)
+		}
 		if len(meta) != len(vol.Meta) {
 			if err := be.SetMeta(ctx, r.Name, meta); err != nil {
 				return r, fmt.Errorf("record the volume's first use: %w", err)
@@ -235,8 +238,16 @@ func (d *Core) prepareAndMount(ctx context.Context, log *slog.Logger, r record, 
 	}
 	if formatted {
 		log.Info("filesystem created", "fstype", fsType)
+		meta = withoutKey(withoutKey(meta, metaNewUUIDKey), metaGrowKey)
+	}
+	owed := meta
+	if meta, err = d.finishClone(ctx, r, meta, false); err != nil {
+		return err
 	}
 	if err := d.cfg.FS.Mount(ctx, r.Device, r.Mountpoint, fsType, opts.MountOpts); err != nil {
+		return err
+	}
+	if meta, err = d.finishClone(ctx, r, meta, true); err != nil {
 		return err
 	}
 	if formatted {
@@ -247,8 +258,9 @@ func (d *Core) prepareAndMount(ctx context.Context, log *slog.Logger, r record, 
 			return fmt.Errorf("empty the fresh filesystem: %w", err)
 		}
 	}
-	if fresh {
-		// Handed out from here on: never formatted again.
+	if fresh || len(meta) != len(owed) {
+		// Handed out from here on: never formatted again; what a clone or
+		// a grown volume was owed is done.
 		if err := be.SetMeta(ctx, r.Name, withoutKey(meta, metaFreshKey)); err != nil {
 			return fmt.Errorf("record the volume's first use: %w", err)
 		}

@@ -27,6 +27,9 @@ type Options struct {
 	AvailabilityZone string   `json:"availabilityzone,omitempty"`
 	MountOpts        []string `json:"mountopts,omitempty"`
 	Backend          string   `json:"backend"`
+	// From names the snapshot (or else the volume) a clone is made from.
+	// SizeBytes is 0 when a clone's size was not given: its source's then.
+	From string `json:"from,omitempty"`
 }
 
 // OptionDefaults fill the options a Create leaves out.
@@ -67,6 +70,7 @@ var optionKeys = map[string]string{
 	"mountopts":        "mountopts",
 	"backend":          "backend",
 	"preempt":          "preempt",
+	"from":             "from",
 }
 
 func acceptedKeys() string {
@@ -109,21 +113,32 @@ func ParseOptions(raw map[string]string, def OptionDefaults, parseMountOpts Moun
 
 	var o Options
 	var err error
-	if o.SizeBytes, err = ParseSize(get("size", def.Size)); err != nil {
-		return Options{}, err
+	if v, ok := canon["from"]; ok {
+		if err := ValidateName(v); err != nil {
+			return Options{}, invalidf("option from: %v", err)
+		}
+		o.From = v
+	}
+	if _, sized := canon["size"]; o.From == "" || sized {
+		if o.SizeBytes, err = ParseSize(get("size", def.Size)); err != nil {
+			return Options{}, err
+		}
 	}
 	o.FSType = strings.ToLower(get("fstype", def.FSType))
 	minSize := fs.MinSizeBytes(o.FSType)
 	if minSize == 0 {
 		return Options{}, invalidf("option fstype %s is not supported; use ext4 or xfs", quote.Short(o.FSType))
 	}
-	if o.SizeBytes < minSize {
+	if o.SizeBytes < minSize && o.SizeBytes != 0 {
 		return Options{}, invalidf("option size %s is too small for %s, which needs at least %s", FormatSize(o.SizeBytes), o.FSType, FormatSize(minSize))
 	}
 	if v, ok := canon["overwritefs"]; ok {
 		if o.OverwriteFS, err = strconv.ParseBool(v); err != nil {
 			return Options{}, invalidf("option overwritefs %s must be true or false", quote.Short(v))
 		}
+	}
+	if o.From != "" && o.OverwriteFS {
+		return Options{}, invalidf("options from and overwritefs contradict each other: a clone keeps its source's data")
 	}
 	if v, ok := canon["preempt"]; ok {
 		if o.Preempt, err = strconv.ParseBool(v); err != nil {
@@ -224,12 +239,16 @@ const metaOverwritePendingKey = "blockvol.overwrite-pending"
 const metaFreshKey = "blockvol.fresh"
 
 func encodeMeta(o Options) map[string]string {
-	b, _ := json.Marshal(o) // Options holds only plain fields: cannot fail
-	m := map[string]string{metaOptionsKey: string(b), metaFreshKey: "true"}
+	m := map[string]string{metaOptionsKey: encodeOptions(o), metaFreshKey: "true"}
 	if o.OverwriteFS {
 		m[metaOverwritePendingKey] = "true"
 	}
 	return m
+}
+
+func encodeOptions(o Options) string {
+	b, _ := json.Marshal(o) // Options holds only plain fields: cannot fail
+	return string(b)
 }
 
 // decodeMeta reads the options stored with a volume. A volume blockvol did

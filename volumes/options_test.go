@@ -86,7 +86,7 @@ func TestParseOptions(t *testing.T) {
 		raw  map[string]string
 		want string
 	}{
-		{map[string]string{"sise": "1"}, `unknown option "sise"; accepted options are availabilityzone, backend, fstype, iops,`},
+		{map[string]string{"sise": "1"}, `unknown option "sise"; accepted options are availabilityzone, backend, from, fstype, iops,`},
 		{map[string]string{"fstype": "btrfs"}, `option fstype "btrfs" is not supported; use ext4 or xfs`},
 		{map[string]string{"fstype": ""}, `option fstype "" is not supported`},
 		{map[string]string{"size": "200M", "fstype": "xfs"}, "option size 200 MiB is too small for xfs, which needs at least 300 MiB"},

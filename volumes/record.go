@@ -33,6 +33,9 @@ type record struct {
 	Mountpoint string   `json:"mountpoint"` // "" for Block
 	// Block: the volume is in use as a raw block device (attached only).
 	Block bool `json:"block,omitempty"`
+	// Frozen: the filesystem is (being) frozen for a snapshot; Recover
+	// thaws it when a kill interrupted the snapshot.
+	Frozen bool `json:"frozen,omitempty"`
 }
 
 // at is where the users find the volume: its mountpoint, or its device.

@@ -38,6 +38,7 @@ func (d *Core) Recover(ctx context.Context) error {
 			continue
 		}
 		log := d.log.With("op", "recover", "volume", name, "phase", r.Phase, "users", len(r.Users))
+		r = d.thawLeftover(ctx, log, r)
 		if r.Phase == phaseMounted && len(r.Users) > 0 {
 			kept, err := d.recoverUsers(log, r)
 			if err != nil {

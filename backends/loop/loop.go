@@ -138,6 +138,10 @@ type Backend struct {
 	pollEvery   time.Duration
 
 	locks keyedlock.Map
+
+	// copies is how snapshots and clones are copied here: copyReflink
+	// when the data directory's filesystem shares blocks, else copySparse.
+	copies string
 }
 
 var _ backends.Backend = (*Backend)(nil)
@@ -200,6 +204,10 @@ func New(cfg Config, run hostexec.Runner, log *slog.Logger) (*Backend, error) {
 		pollEvery:   20 * time.Millisecond,
 	}
 	b.sweep()
+	b.copies = copySparse
+	if probeReflink(dir) {
+		b.copies = copyReflink
+	}
 	return b, nil
 }
 
@@ -706,6 +714,7 @@ func (b *Backend) volume(name string, r record, devs []string) backends.Volume {
 	status := map[string]any{
 		"backend": BackendName,
 		"image":   b.imgPath(name),
+		"copies":  b.copies, // how its snapshots and clones are copied
 	}
 	if len(devs) > 0 {
 		status["device"] = devs[0]
@@ -782,6 +791,11 @@ func (b *Backend) sweep() {
 			continue
 		}
 		switch {
+		case strings.HasPrefix(n, reflinkProbePrefix):
+			log.Warn("removing a scratch file of an interrupted start", slog.String("file", n))
+			if err := os.Remove(filepath.Join(b.dir, n)); err != nil {
+				log.Warn("cannot remove scratch file", slog.String("file", n), slog.Any("error", err))
+			}
 		case isTempName(n):
 			log.Warn("removing temporary file of an interrupted write", slog.String("file", n))
 			if err := os.Remove(filepath.Join(b.dir, n)); err != nil {
@@ -811,6 +825,7 @@ func (b *Backend) sweep() {
 	if err := state.SyncDir(b.dir); err != nil {
 		log.Warn("cannot fsync data directory", slog.Any("error", err))
 	}
+	b.sweepSnapshots(log)
 }
 
 // detachDebris detaches the loop devices of img, an image without record

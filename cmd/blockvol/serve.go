@@ -123,6 +123,9 @@ func serveUntilSignal(l net.Listener, drv waitingDriver, sigs <-chan os.Signal, 
 		ErrorLog:    slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	served := make(chan error, 1)
+	if ext, ok := drv.(interface{ Extend(*plugin.Handler) }); ok {
+		ext.Extend(h) // blockvol's own calls (snapshots, resize)
+	}
 	go func() { served <- srv.Serve(l) }()
 
 	select {

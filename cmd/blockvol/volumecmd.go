@@ -32,6 +32,14 @@ commands:
                           and print its mountpoint; repeating it is harmless
   unmount NAME            release that ID-less mount (mounts Docker made for
                           its containers, which carry IDs, are not touched)
+  resize NAME SIZE        grow a volume (and its filesystem, online when it
+                          is mounted) to SIZE, e.g. 20G; it never shrinks
+  snapshot create VOLUME SNAPSHOT
+                          take a snapshot (a mounted filesystem is frozen
+                          for the instant it is taken)
+  snapshot ls [VOLUME]    list the snapshots (of one volume)
+  snapshot rm SNAPSHOT    remove a snapshot
+  (a clone: create NAME -o from=SNAPSHOT-or-VOLUME [-o size=...])
 
 flags:
   --config FILE   configuration, to find the socket (default /etc/blockvol/config.toml)
@@ -119,17 +127,24 @@ func volumeCmd(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	sub, pos := pos[0], pos[1:]
-	wantArgs := 1
+	if sub == "snapshot" && len(pos) > 0 {
+		sub, pos = "snapshot "+pos[0], pos[1:]
+	}
+	minArgs, maxArgs := 1, 1
 	switch sub {
 	case "ls", "list":
-		wantArgs = 0
-	case "inspect", "create", "rm", "remove", "mount", "unmount":
+		minArgs, maxArgs = 0, 0
+	case "inspect", "create", "rm", "remove", "mount", "unmount", "snapshot rm", "snapshot remove":
+	case "resize", "snapshot create":
+		minArgs, maxArgs = 2, 2
+	case "snapshot ls", "snapshot list":
+		minArgs = 0
 	default:
 		fmt.Fprintf(stderr, "blockvol volume: unknown command %q\n%s", sub, volumeUsage)
 		return 2
 	}
-	if len(pos) != wantArgs {
-		fmt.Fprintf(stderr, "blockvol volume %s: expected %d argument(s), got %d (%s)\n", sub, wantArgs, len(pos), strings.Join(pos, " "))
+	if len(pos) < minArgs || len(pos) > maxArgs {
+		fmt.Fprintf(stderr, "blockvol volume %s: expected %s argument(s), got %d (%s)\n", sub, argCount(minArgs, maxArgs), len(pos), strings.Join(pos, " "))
 		return 2
 	}
 	if len(opts) > 0 && sub != "create" {
@@ -142,9 +157,12 @@ func volumeCmd(args []string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	c := &volumeCLI{client: newPluginClient(sock), out: stdout, json: *jsonOut}
-	var name string
-	if len(pos) == 1 {
+	var name, arg2 string
+	if len(pos) >= 1 {
 		name = pos[0]
+	}
+	if len(pos) == 2 {
+		arg2 = pos[1]
 	}
 	switch sub {
 	case "ls", "list":
@@ -159,6 +177,14 @@ func volumeCmd(args []string, stdout, stderr io.Writer) int {
 		err = c.mount(name)
 	case "unmount":
 		err = c.unmount(name)
+	case "resize":
+		err = c.resize(name, arg2)
+	case "snapshot create":
+		err = c.snapshotCreate(name, arg2)
+	case "snapshot ls", "snapshot list":
+		err = c.snapshotLs(name)
+	case "snapshot rm", "snapshot remove":
+		err = c.snapshotRm(name)
 	}
 	if err != nil {
 		var pe *pluginError
@@ -326,6 +352,13 @@ func (c *volumeCLI) done(name, mountpoint string) error {
 		out["Mountpoint"] = mountpoint
 	}
 	return c.printJSON(out)
+}
+
+func argCount(lo, hi int) string {
+	if lo == hi {
+		return fmt.Sprint(lo)
+	}
+	return fmt.Sprintf("%d to %d", lo, hi)
 }
 
 func orDash(s string) string {

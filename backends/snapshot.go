@@ -1,0 +1,62 @@
+package backends
+
+import (
+	"context"
+	"time"
+)
+
+// Snapshot is a backend's view of one snapshot: a point-in-time copy of a
+// volume, kept by the backend until removed. Snapshot names share one
+// namespace per backend (a snapshot is found by its name alone), apart
+// from the volumes'.
+type Snapshot struct {
+	Name      string
+	Volume    string // the volume it was taken of
+	SizeBytes int64  // the volume's size when it was taken
+	CreatedAt time.Time
+	// Status holds backend facts worth showing (how it was copied, the
+	// backend's own ID); keys are lower-case words.
+	Status map[string]any
+}
+
+// Snapshotter is implemented by backends that can take snapshots. The
+// caller makes the volume's filesystem consistent (frozen) for the
+// duration of CreateSnapshot and serializes calls on one volume.
+type Snapshotter interface {
+	// CreateSnapshot copies volume as it is now into a new snapshot. A
+	// name taken already yields sentinel.ErrExists, a missing volume
+	// sentinel.ErrNotFound.
+	CreateSnapshot(ctx context.Context, volume, name string) (Snapshot, error)
+	// GetSnapshot returns one snapshot, or sentinel.ErrNotFound.
+	GetSnapshot(ctx context.Context, name string) (Snapshot, error)
+	// ListSnapshots returns the snapshots of volume, or every snapshot
+	// when volume is "".
+	ListSnapshots(ctx context.Context, volume string) ([]Snapshot, error)
+	// RemoveSnapshot deletes a snapshot; a missing one yields
+	// sentinel.ErrNotFound.
+	RemoveSnapshot(ctx context.Context, name string) error
+}
+
+// Source names what a clone is made from: exactly one of Snapshot and
+// Volume is set.
+type Source struct {
+	Snapshot string
+	Volume   string
+}
+
+// Cloner is implemented by backends that can create a volume holding a
+// copy of one of their snapshots or volumes. req.SizeBytes is at least
+// the source's size; a larger clone has the larger device (growing its
+// filesystem is the caller's). A source volume is copied as it is: the
+// caller makes it consistent (detached here, or frozen).
+type Cloner interface {
+	CreateFrom(ctx context.Context, req CreateRequest, src Source) (Volume, error)
+}
+
+// Expander is implemented by backends that can grow a volume in place.
+// Expand makes the volume sizeBytes long (larger than it is: a smaller
+// size yields sentinel.ErrInvalid) and, when it is attached to this host,
+// makes its device here show the new size. The data stays.
+type Expander interface {
+	Expand(ctx context.Context, name string, sizeBytes int64) (Volume, error)
+}
