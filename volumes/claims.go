@@ -88,16 +88,11 @@ func (d *Core) Annotate(ctx context.Context, name, key string, change func(old s
 	c := d.begin(ctx, "annotate", name, d.cfg.OtherTimeout)
 	defer func() { c.end(err) }()
 	ctx = c.ctx
-	unlock, err := d.acquire(ctx, name)
+	vol, bn, unlock, err := d.lockedLookup(c, name)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	vol, bn, err := d.lookup(ctx, name)
-	if err != nil {
-		return err
-	}
-	c.backend = bn
 	k := annotationPrefix + key
 	old := vol.Meta[k]
 	v, err := change(old)

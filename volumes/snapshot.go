@@ -285,16 +285,11 @@ func (d *Core) Resize(ctx context.Context, name string, sizeBytes int64) (err er
 	c := d.begin(ctx, "resize", name, d.cfg.MountTimeout, "size_bytes", sizeBytes)
 	defer func() { c.end(err) }()
 	ctx, log := c.ctx, c.log
-	unlock, err := d.acquire(ctx, name)
+	vol, bn, unlock, err := d.lockedLookup(c, name)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	vol, bn, err := d.lookup(ctx, name)
-	if err != nil {
-		return err
-	}
-	c.backend = bn
 	be := d.cfg.Backends[bn]
 	ex, ok := be.(backends.Expander)
 	if !ok {
@@ -336,6 +331,22 @@ func (d *Core) Resize(ctx context.Context, name string, sizeBytes int64) (err er
 	}
 	log.Info("volume and its mounted filesystem grown", "backend", bn, "mountpoint", r.Mountpoint)
 	return nil
+}
+
+// lockedLookup takes the lock of name and finds its volume, for call c;
+// the caller releases the lock.
+func (d *Core) lockedLookup(c *call, name string) (backends.Volume, string, func(), error) {
+	unlock, err := d.acquire(c.ctx, name)
+	if err != nil {
+		return backends.Volume{}, "", nil, err
+	}
+	vol, bn, err := d.lookup(c.ctx, name)
+	if err != nil {
+		unlock()
+		return backends.Volume{}, "", nil, err
+	}
+	c.backend = bn
+	return vol, bn, unlock, nil
 }
 
 // growMounted grows the filesystem of a volume mounted here.

@@ -218,18 +218,11 @@ func (b *Backend) Scope() string { return backends.ScopeLocal }
 func (b *Backend) Create(ctx context.Context, req backends.CreateRequest) (backends.Volume, error) {
 	const op = "create"
 	name := req.Name
-	if err := checkCreate(req); err != nil {
-		return backends.Volume{}, opErr(op, name, err)
-	}
-	unlock, err := b.locks.Lock(ctx, name)
+	log, unlock, err := b.beginCreate(ctx, req)
 	if err != nil {
 		return backends.Volume{}, opErr(op, name, err)
 	}
 	defer unlock()
-	log := b.log.With(slog.String("volume", name), slog.String("op", op))
-	if err := b.clearDebris(log, name); err != nil {
-		return backends.Volume{}, opErr(op, name, err)
-	}
 	img := b.imgPath(name)
 	if err := b.makeImage(img, req.SizeBytes); err != nil {
 		if !errors.Is(err, sentinel.ErrExists) { // not ours to remove then
@@ -245,6 +238,24 @@ func (b *Backend) Create(ctx context.Context, req backends.CreateRequest) (backe
 	}
 	log.Info("volume created", slog.Int64("size_bytes", r.SizeBytes), slog.String("image", img))
 	return b.volume(name, r, nil), nil
+}
+
+// beginCreate checks req, takes its name's lock (the caller releases it)
+// and clears the name's debris (see clearDebris).
+func (b *Backend) beginCreate(ctx context.Context, req backends.CreateRequest) (*slog.Logger, func(), error) {
+	if err := checkCreate(req); err != nil {
+		return nil, nil, err
+	}
+	unlock, err := b.locks.Lock(ctx, req.Name)
+	if err != nil {
+		return nil, nil, err
+	}
+	log := b.log.With(slog.String("volume", req.Name), slog.String("op", "create"))
+	if err := b.clearDebris(log, req.Name); err != nil {
+		unlock()
+		return nil, nil, err
+	}
+	return log, unlock, nil
 }
 
 // checkCreate refuses, with ErrInvalid, a request the loop backend cannot
@@ -703,11 +714,16 @@ func (b *Backend) readRecordAt(dirfd int, name string) (record, error) {
 }
 
 func (b *Backend) writeRecord(name string, r record) error {
-	data, err := json.Marshal(r)
+	return writeJSON(b.jsonPath(name), r)
+}
+
+// writeJSON writes v as a one-line JSON record at path, atomically.
+func writeJSON(path string, v any) error {
+	data, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	return state.WriteFileAtomic(b.jsonPath(name), append(data, '\n'), 0o600)
+	return state.WriteFileAtomic(path, append(data, '\n'), 0o600)
 }
 
 func (b *Backend) volume(name string, r record, devs []string) backends.Volume {

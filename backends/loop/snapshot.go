@@ -261,11 +261,7 @@ func (b *Backend) loadSnap(name string) (snapRecord, error) {
 }
 
 func (b *Backend) writeSnapRecord(name string, r snapRecord) error {
-	data, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	return state.WriteFileAtomic(b.snapJSON(name), append(data, '\n'), 0o600)
+	return writeJSON(b.snapJSON(name), r)
 }
 
 func (b *Backend) snapshot(name string, r snapRecord) backends.Snapshot {
@@ -282,10 +278,7 @@ func (b *Backend) snapshot(name string, r snapRecord) backends.Snapshot {
 func (b *Backend) CreateFrom(ctx context.Context, req backends.CreateRequest, src backends.Source) (backends.Volume, error) {
 	const op = "create"
 	name := req.Name
-	if err := checkCreate(req); err != nil {
-		return backends.Volume{}, opErr(op, name, err)
-	}
-	unlock, err := b.locks.Lock(ctx, name)
+	log, unlock, err := b.beginCreate(ctx, req)
 	if err != nil {
 		return backends.Volume{}, opErr(op, name, err)
 	}
@@ -297,10 +290,6 @@ func (b *Backend) CreateFrom(ctx context.Context, req backends.CreateRequest, sr
 	defer unlockSrc()
 	if req.SizeBytes < srcSize {
 		return backends.Volume{}, opErrf(op, name, "size %d is smaller than its source's (%d): %w", req.SizeBytes, srcSize, sentinel.ErrInvalid)
-	}
-	log := b.log.With(slog.String("volume", name), slog.String("op", op))
-	if err := b.clearDebris(log, name); err != nil {
-		return backends.Volume{}, opErr(op, name, err)
 	}
 	how, err := b.copyInto(b.imgPath(name), srcImg, req.SizeBytes)
 	if err != nil {
