@@ -56,6 +56,7 @@ func (b *Backend) Attach(ctx context.Context, name string, opts backends.AttachO
 	if err := checkName(name); err != nil {
 		return "", opErr(op, name, err)
 	}
+	defer b.recent.forget(name) // what it changes is not what was seen
 	c, err := b.client(ctx)
 	if err != nil {
 		return "", opErr(op, name, err)
@@ -485,6 +486,7 @@ func (b *Backend) Detach(ctx context.Context, name string) error {
 	if err := checkName(name); err != nil {
 		return opErr(op, name, err)
 	}
+	defer b.recent.forget(name) // what it changes is not what was seen
 	c, err := b.client(ctx)
 	if err != nil {
 		return opErr(op, name, err)

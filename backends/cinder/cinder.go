@@ -158,6 +158,8 @@ type Backend struct {
 
 	// pollMin and pollMax bound the interval of status polls.
 	pollMin, pollMax time.Duration
+	// recent answers a lookup of a name looked up a moment ago.
+	recent recentFinds
 	// cleanupTimeout bounds a rollback or cleanup that runs after the
 	// caller's context ended.
 	cleanupTimeout time.Duration
@@ -245,7 +247,7 @@ func build(cfg Config, ini backends.Initiator, log *slog.Logger) (*Backend, erro
 		ini:            ini,
 		log:            log,
 		sess:           session{lock: make(chan struct{}, 1)},
-		pollMin:        100 * time.Millisecond,
+		pollMin:        10 * time.Millisecond,
 		pollMax:        2 * time.Second,
 		cleanupTimeout: 30 * time.Second,
 		warm:           make(chan struct{}),
@@ -347,7 +349,8 @@ func (b *Backend) Create(ctx context.Context, req backends.CreateRequest) (backe
 		return backends.Volume{}, opErr(op, name, err)
 	}
 	log := b.log.With("volume", name, "op", op)
-	if _, err := b.find(ctx, c, name); err == nil {
+	defer b.recent.forget(name)
+	if _, err := b.findRecent(ctx, c, name); err == nil {
 		return backends.Volume{}, opErr(op, name, sentinel.ErrExists)
 	} else if !errors.Is(err, sentinel.ErrNotFound) {
 		return backends.Volume{}, opErr(op, name, err)
@@ -395,7 +398,9 @@ func (b *Backend) Create(ctx context.Context, req backends.CreateRequest) (backe
 		return backends.Volume{}, opErrf(op, name, "Cinder volume %s went to status %q%s; it was deleted", v.ID, v.Status, reason)
 	}
 	// Several hosts may have created the name at once: the earliest wins.
-	if winner, err := b.find(ctx, c, name); err == nil && winner.ID != v.ID {
+	// (Looking while Cinder creates ours slows this Cinder down more than
+	// the round trip it would save.)
+	if winner, err := b.lookup(ctx, c, name); err == nil && winner.ID != v.ID {
 		log.Warn("another host created the same volume name concurrently; deleting ours", "winner", winner.ID)
 		b.cleanup(ctx, func(ctx context.Context) error { return b.deleteVolume(ctx, c, v.ID) }, log, "delete the duplicate volume")
 		return backends.Volume{}, opErr(op, name, sentinel.ErrExists)
@@ -414,7 +419,7 @@ func (b *Backend) Get(ctx context.Context, name string) (backends.Volume, error)
 	if err != nil {
 		return backends.Volume{}, opErr(op, name, err)
 	}
-	v, err := b.find(ctx, c, name)
+	v, err := b.findRecent(ctx, c, name)
 	if err != nil {
 		return backends.Volume{}, opErr(op, name, err)
 	}
@@ -470,6 +475,7 @@ func (b *Backend) SetMeta(ctx context.Context, name string, meta map[string]stri
 	if err != nil {
 		return opErr(op, name, err)
 	}
+	defer b.recent.forget(name) // what it changes is not what was seen
 	c, err := b.client(ctx)
 	if err != nil {
 		return opErr(op, name, err)
@@ -506,21 +512,35 @@ func (b *Backend) Remove(ctx context.Context, name string) error {
 	if err != nil {
 		return opErr(op, name, err)
 	}
-	v, err := b.find(ctx, c, name)
-	if err != nil {
-		return opErr(op, name, err)
-	}
-	if busy(v) {
-		return opErrf(op, name, "Cinder volume %s is %s %s: %w", v.ID, v.Status, b.holderPhrase(v), sentinel.ErrInUse)
-	}
-	if err := b.deleteVolume(ctx, c, v.ID); err != nil {
-		if statusOf(err) == http.StatusBadRequest {
-			if w, rerr := b.refetch(ctx, c, v.ID); rerr == nil && busy(w) {
-				// Attached meanwhile.
-				return opErrf(op, name, "Cinder volume %s became %s %s: %w", v.ID, w.Status, b.holderPhrase(w), sentinel.ErrInUse)
+	defer b.recent.forget(name)
+	// The volume Docker's Get found a moment ago, unless it looked busy:
+	// Cinder refuses to delete an attached volume itself (400, below).
+	v, ok := b.recent.get(name)
+	fresh := !ok || v == nil || busy(v)
+	for {
+		if fresh {
+			if v, err = b.find(ctx, c, name); err != nil {
+				return opErr(op, name, err)
+			}
+			if busy(v) {
+				return opErrf(op, name, "Cinder volume %s is %s %s: %w", v.ID, v.Status, b.holderPhrase(v), sentinel.ErrInUse)
 			}
 		}
-		return opErr(op, name, err)
+		existed, err := b.deleteVolumeOf(ctx, c, v.ID)
+		if err != nil {
+			if statusOf(err) == http.StatusBadRequest {
+				if w, rerr := b.refetch(ctx, c, v.ID); rerr == nil && busy(w) {
+					// Attached meanwhile.
+					return opErrf(op, name, "Cinder volume %s became %s %s: %w", v.ID, w.Status, b.holderPhrase(w), sentinel.ErrInUse)
+				}
+			}
+			return opErr(op, name, err)
+		}
+		if existed || fresh {
+			break
+		}
+		// The volume remembered is gone already: look the name up afresh.
+		fresh = true
 	}
 	if err := b.removeRecord(v.ID); err != nil {
 		b.log.Warn("cannot remove attachment record", "volume", name, "error", err.Error())
@@ -534,13 +554,25 @@ func (b *Backend) Remove(ctx context.Context, name string) error {
 // (error_deleting) is an error, and so is one still being deleted when ctx
 // ends (Cinder may yet fail it, and the volume would come back).
 func (b *Backend) deleteVolume(ctx context.Context, c *conn, id string) error {
-	err := volumes.Delete(ctx, c.base(), id, volumes.DeleteOpts{}).ExtractErr()
+	_, err := b.deleteVolumeOf(ctx, c, id)
+	return err
+}
+
+// deleteVolumeOf is deleteVolume, also telling whether the volume still
+// existed at the DELETE.
+func (b *Backend) deleteVolumeOf(ctx context.Context, c *conn, id string) (existed bool, err error) {
+	err = volumes.Delete(ctx, c.base(), id, volumes.DeleteOpts{}).ExtractErr()
 	if gophercloud.ResponseCodeIs(err, http.StatusNotFound) {
-		return nil
+		return false, nil
 	}
 	if err != nil {
-		return b.cinderError(c.sc, "delete Cinder volume "+id, err)
+		return true, b.cinderError(c.sc, "delete Cinder volume "+id, err)
 	}
+	return true, b.awaitDeleted(ctx, c, id)
+}
+
+// awaitDeleted waits until Cinder has deleted volume id.
+func (b *Backend) awaitDeleted(ctx context.Context, c *conn, id string) error {
 	v, err := b.waitVolume(ctx, c, id, func(v *volumes.Volume) bool { return v.Status != "deleting" })
 	switch {
 	case err == nil && v == nil:
@@ -557,6 +589,32 @@ func (b *Backend) deleteVolume(ctx context.Context, c *conn, id string) error {
 // blockvol's, then the earliest created. Volumes being deleted do not
 // count. None is ErrNotFound; a failed request is never ErrNotFound.
 func (b *Backend) find(ctx context.Context, c *conn, name string) (*volumes.Volume, error) {
+	v, err := b.lookup(ctx, c, name)
+	switch {
+	case err == nil:
+		b.recent.put(name, v)
+	case errors.Is(err, sentinel.ErrNotFound):
+		b.recent.put(name, nil)
+	default:
+		b.recent.forget(name)
+	}
+	return v, err
+}
+
+// findRecent is find, answered from a lookup of the name made less than
+// recentTTL ago when there is one.
+func (b *Backend) findRecent(ctx context.Context, c *conn, name string) (*volumes.Volume, error) {
+	if v, ok := b.recent.get(name); ok {
+		if v == nil {
+			return nil, sentinel.ErrNotFound
+		}
+		return v, nil
+	}
+	return b.find(ctx, c, name)
+}
+
+// lookup lists the volumes named name and picks one (see find).
+func (b *Backend) lookup(ctx context.Context, c *conn, name string) (*volumes.Volume, error) {
 	all, err := b.listVolumes(ctx, c, volumes.ListOpts{Name: name})
 	if err != nil {
 		return nil, err
@@ -609,10 +667,13 @@ func (b *Backend) listVolumes(ctx context.Context, c *conn, opts volumes.ListOpt
 }
 
 // waitVolume polls volume id until done says so, the volume is gone
-// (returns nil, nil) or ctx ends. The interval grows from pollMin to
-// pollMax. On ctx's end the last volume seen is returned with the error.
+// (returns nil, nil) or ctx ends, and answers at the first poll that shows
+// it. It polls fast first, then backs off: the interval is a tenth of the
+// time waited so far, within pollMin and pollMax, so the answer comes at
+// most about 10% later than the change. On ctx's end the last volume seen
+// is returned with the error.
 func (b *Backend) waitVolume(ctx context.Context, c *conn, id string, done func(*volumes.Volume) bool) (*volumes.Volume, error) {
-	every := b.pollMin
+	start := time.Now()
 	var last *volumes.Volume
 	for {
 		v, err := volumes.Get(ctx, c.base(), id).Extract()
@@ -627,7 +688,7 @@ func (b *Backend) waitVolume(ctx context.Context, c *conn, id string, done func(
 				return v, nil
 			}
 		}
-		t := time.NewTimer(every)
+		t := time.NewTimer(min(max(time.Since(start)/10, b.pollMin), b.pollMax))
 		select {
 		case <-ctx.Done():
 			t.Stop()
@@ -638,7 +699,6 @@ func (b *Backend) waitVolume(ctx context.Context, c *conn, id string, done func(
 			return last, fmt.Errorf("still %s: %w", status, ctx.Err())
 		case <-t.C:
 		}
-		every = min(every*3/2, b.pollMax)
 	}
 }
 

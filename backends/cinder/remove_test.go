@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -79,5 +81,67 @@ func TestNewCheckerChangesNothing(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(root); len(entries) != 0 {
 		t.Errorf("the check created %v", entries)
+	}
+}
+
+// Docker asks Get right before Remove: Remove deletes the volume that Get
+// found without listing again; when that volume is gone meanwhile (deleted
+// and made again by another host), it looks the name up afresh and deletes
+// the new one, never reporting a removal that did not happen.
+func TestRemoveAfterGetUsesItsLookup(t *testing.T) {
+	const oldID, newID = "0b0b0b0b-0000-4000-8000-00000000000a", "0b0b0b0b-0000-4000-8000-00000000000b"
+	for _, tc := range []struct {
+		name      string
+		oldGone   bool
+		wantLists int
+		wantDel   []string
+	}{
+		{"remembered volume deleted", false, 1, []string{oldID}},
+		{"remembered volume gone, another of the name", true, 2, []string{oldID, newID}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFakeCloud(t)
+			var mu sync.Mutex
+			lists, current := 0, oldID
+			var deletes []string
+			gone := map[string]bool{}
+			f.volumesHook = func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				defer mu.Unlock()
+				lists++
+				fmt.Fprintf(w, `{"volumes": [{"id": %q, "name": "v", "status": "available", "size": 1, "metadata": {}}]}`, current)
+			}
+			f.otherHook = func(w http.ResponseWriter, r *http.Request) {
+				mu.Lock()
+				defer mu.Unlock()
+				id := r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
+				if r.Method == http.MethodDelete && !gone[id] {
+					deletes = append(deletes, id)
+					gone[id] = true
+					w.WriteHeader(http.StatusAccepted)
+					return
+				}
+				w.WriteHeader(http.StatusNotFound)
+				fmt.Fprint(w, `{"itemNotFound": {"code": 404, "message": "not found"}}`)
+			}
+			b, _ := unitBackend(t, f.config(), nil)
+			if _, err := b.Get(t.Context(), "v"); err != nil {
+				t.Fatal(err)
+			}
+			if tc.oldGone {
+				mu.Lock()
+				gone[oldID], current = true, newID
+				deletes = append(deletes, oldID) // by the other host
+				mu.Unlock()
+			}
+			if err := b.Remove(t.Context(), "v"); err != nil {
+				t.Fatalf("Remove = %v", err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if lists != tc.wantLists || !slices.Equal(deletes, tc.wantDel) {
+				t.Errorf("%d lists, deletes %v; want %d lists, deletes %v", lists, deletes, tc.wantLists, tc.wantDel)
+			}
+		})
 	}
 }
