@@ -3,6 +3,8 @@ package plugin_test
 import (
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -138,4 +140,83 @@ func vmRSSKiB() int64 {
 		}
 	}
 	return -1
+}
+
+// BenchmarkParallelCreateMount15 creates and mounts 15 fresh 1 GiB ext4
+// volumes at once through the plugin, and in the same run times the
+// kernel's own commands doing the same work one volume after another
+// (truncate, losetup, mkfs.ext4 with blockvol's flags, mount): the floor on
+// this host. It reports both wall times and their ratio.
+//
+//	go test -run '^$' -bench ParallelCreateMount15 -benchtime 5x ./plugin/
+func BenchmarkParallelCreateMount15(b *testing.B) {
+	h := newRealHost(b)
+	const n = 15
+	refDir := b.TempDir()
+	var par, ref time.Duration
+	for i := 0; b.Loop(); i++ {
+		start := time.Now()
+		var wg sync.WaitGroup
+		errs := make(chan error, n)
+		for j := range n {
+			name := fmt.Sprintf("pc%d-%d", i, j)
+			wg.Go(func() {
+				if err := h.d.Create(&volume.CreateRequest{Name: name, Options: map[string]string{"size": "1"}}); err != nil {
+					errs <- err
+					return
+				}
+				_, err := h.d.Mount(&volume.MountRequest{Name: name, ID: "x"})
+				errs <- err
+			})
+		}
+		wg.Wait()
+		par += time.Since(start)
+		close(errs)
+		for err := range errs {
+			must(b, err)
+		}
+		ref += kernelCreateMount(b, refDir, n)
+		for j := range n {
+			name := fmt.Sprintf("pc%d-%d", i, j)
+			must(b, h.d.Unmount(&volume.UnmountRequest{Name: name, ID: "x"}))
+			must(b, h.d.Remove(&volume.RemoveRequest{Name: name}))
+		}
+	}
+	b.ReportMetric(float64(par.Microseconds())/1000/float64(b.N), "ms/15-parallel-create+mount")
+	b.ReportMetric(float64(ref.Microseconds())/1000/float64(b.N), "ms/ref-kernel-15-in-sequence")
+	b.ReportMetric(float64(par)/float64(ref), "ratio")
+}
+
+// kernelCreateMount makes, attaches, formats and mounts n 1 GiB images in
+// dir one after another with the host's commands, returns the time taken,
+// and undoes it all.
+func kernelCreateMount(b *testing.B, dir string, n int) time.Duration {
+	b.Helper()
+	run := func(argv ...string) string {
+		out, err := exec.Command(argv[0], argv[1:]...).CombinedOutput()
+		if err != nil {
+			b.Fatalf("%s: %v: %s", strings.Join(argv, " "), err, out)
+		}
+		return strings.TrimSpace(string(out))
+	}
+	var devs, mnts []string
+	start := time.Now()
+	for j := range n {
+		img := filepath.Join(dir, fmt.Sprintf("ref%d.img", j))
+		mnt := filepath.Join(dir, fmt.Sprintf("ref%d", j))
+		run("truncate", "-s", "1G", img)
+		dev := run("losetup", "--find", "--show", "--nooverlap", img)
+		devs = append(devs, dev)
+		run("mkfs.ext4", "-q", "-F", "-m", "0", "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1", dev)
+		run("mkdir", "-p", mnt)
+		run("mount", "-t", "ext4", "-o", "nosuid,nodev", dev, mnt)
+		mnts = append(mnts, mnt)
+	}
+	d := time.Since(start)
+	for j := range mnts {
+		run("umount", mnts[j])
+		run("losetup", "--detach", devs[j])
+		must(b, os.Remove(filepath.Join(dir, fmt.Sprintf("ref%d.img", j))))
+	}
+	return d
 }
