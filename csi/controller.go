@@ -20,8 +20,9 @@ import (
 
 const mib = int64(1) << 20
 
-// ControllerGetCapabilities lists what the controller does; see
-// docs/csi.md for what it does not (snapshots, clones, expansion, ...).
+// ControllerGetCapabilities lists what the controller does (snapshots,
+// clones and expansion: csi/snapshot.go); see docs/csi.md for what it
+// does not.
 func (s *Server) ControllerGetCapabilities(context.Context, *csipb.ControllerGetCapabilitiesRequest) (*csipb.ControllerGetCapabilitiesResponse, error) {
 	var caps []*csipb.ControllerServiceCapability
 	for _, t := range []csipb.ControllerServiceCapability_RPC_Type{
@@ -30,6 +31,11 @@ func (s *Server) ControllerGetCapabilities(context.Context, *csipb.ControllerGet
 		csipb.ControllerServiceCapability_RPC_PUBLISH_READONLY,
 		csipb.ControllerServiceCapability_RPC_LIST_VOLUMES,
 		csipb.ControllerServiceCapability_RPC_GET_CAPACITY,
+		csipb.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
+		csipb.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
+		csipb.ControllerServiceCapability_RPC_GET_SNAPSHOT,
+		csipb.ControllerServiceCapability_RPC_CLONE_VOLUME,
+		csipb.ControllerServiceCapability_RPC_EXPAND_VOLUME,
 	} {
 		caps = append(caps, &csipb.ControllerServiceCapability{Type: &csipb.ControllerServiceCapability_Rpc{Rpc: &csipb.ControllerServiceCapability_RPC{Type: t}}})
 	}
@@ -136,12 +142,19 @@ func (s *Server) CreateVolume(ctx context.Context, req *csipb.CreateVolumeReques
 	if err := checkCaps(req.GetVolumeCapabilities()); err != nil {
 		return nil, err
 	}
-	if req.GetVolumeContentSource() != nil {
-		return nil, invalid("volume content sources (snapshots, clones) are not supported")
+	from, err := contentSource(req.GetVolumeContentSource())
+	if err != nil {
+		return nil, err
 	}
 	opts, err := createOptions(req, s.core.DefaultOptions().SizeBytes)
 	if err != nil {
 		return nil, err
+	}
+	if from != "" {
+		if err := s.checkSource(ctx, req.GetVolumeContentSource()); err != nil {
+			return nil, err
+		}
+		opts["from"] = from
 	}
 	bn, ok := lookupFold(opts, "backend")
 	if !ok {
@@ -173,6 +186,7 @@ func (s *Server) CreateVolume(ctx context.Context, req *csipb.CreateVolumeReques
 	}
 	v := s.csiVolume(info)
 	v.AccessibleTopology = volumeTopology(info, zoned)
+	v.ContentSource = req.GetVolumeContentSource()
 	return &csipb.CreateVolumeResponse{Volume: v}, nil
 }
 

@@ -142,7 +142,7 @@ func (s *Server) GetPluginInfo(context.Context, *csipb.GetPluginInfoRequest) (*c
 }
 
 // GetPluginCapabilities: a controller service; topology when a backend has
-// availability zones.
+// availability zones; online volume expansion.
 func (s *Server) GetPluginCapabilities(context.Context, *csipb.GetPluginCapabilitiesRequest) (*csipb.GetPluginCapabilitiesResponse, error) {
 	types := []csipb.PluginCapability_Service_Type{csipb.PluginCapability_Service_CONTROLLER_SERVICE}
 	if len(s.core.Zones()) > 0 {
@@ -152,6 +152,9 @@ func (s *Server) GetPluginCapabilities(context.Context, *csipb.GetPluginCapabili
 	for _, t := range types {
 		caps = append(caps, &csipb.PluginCapability{Type: &csipb.PluginCapability_Service_{Service: &csipb.PluginCapability_Service{Type: t}}})
 	}
+	// Volumes grow while in use: the core grows a mounted filesystem.
+	caps = append(caps, &csipb.PluginCapability{Type: &csipb.PluginCapability_VolumeExpansion_{
+		VolumeExpansion: &csipb.PluginCapability_VolumeExpansion{Type: csipb.PluginCapability_VolumeExpansion_ONLINE}}})
 	return &csipb.GetPluginCapabilitiesResponse{Capabilities: caps}, nil
 }
 
@@ -176,6 +179,8 @@ func toStatus(err error) error {
 		code = codes.InvalidArgument
 	case errors.Is(err, sentinel.ErrInUse):
 		code = codes.FailedPrecondition
+	case errors.Is(err, sentinel.ErrExists):
+		code = codes.AlreadyExists
 	case errors.Is(err, sentinel.ErrBusy):
 		code = codes.Aborted
 	case errors.Is(err, context.DeadlineExceeded):
