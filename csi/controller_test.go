@@ -186,13 +186,13 @@ func TestTopology(t *testing.T) {
 	s, _, _ := fakeHost(t)
 	caps, _ := s.GetPluginCapabilities(ctx, &csipb.GetPluginCapabilitiesRequest{})
 	info, _ := s.NodeGetInfo(ctx, &csipb.NodeGetInfoRequest{})
-	if len(caps.Capabilities) != 1 || info.AccessibleTopology != nil {
+	if len(caps.Capabilities) != 2 || caps.Capabilities[1].GetVolumeExpansion() == nil || info.AccessibleTopology != nil {
 		t.Fatalf("without zones: capabilities %v, node topology %v; want neither topology", caps.Capabilities, info.AccessibleTopology)
 	}
 
 	s, be, _ := fakeHostInZone(t, "az1")
 	caps, _ = s.GetPluginCapabilities(ctx, &csipb.GetPluginCapabilitiesRequest{})
-	if len(caps.Capabilities) != 2 || caps.Capabilities[1].GetService().GetType() != csipb.PluginCapability_Service_VOLUME_ACCESSIBILITY_CONSTRAINTS {
+	if len(caps.Capabilities) != 3 || caps.Capabilities[1].GetService().GetType() != csipb.PluginCapability_Service_VOLUME_ACCESSIBILITY_CONSTRAINTS {
 		t.Fatalf("with zones: capabilities %v", caps.Capabilities)
 	}
 	info, _ = s.NodeGetInfo(ctx, &csipb.NodeGetInfoRequest{})
