@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The bystander is a user's blockvol that runs on the host during the whole
@@ -32,7 +34,7 @@ type bystander struct {
 	mountpoint string              // of the ID-less mounted volume
 	images     map[string]fileSeal // files of the loop backend: images, records
 	records    map[string][]byte   // the plugin's state record of each volume
-	data       map[string][]byte   // the mounted volume's files
+	data       []byte              // the mounted volume's file
 	logSize    int64               // the plugin's log after the setup
 }
 
@@ -117,17 +119,19 @@ func startBystander() (_ *bystander, err error) {
 // fill creates the two volumes, each with a file of random data; one stays
 // mounted without an ID.
 func (b *bystander) fill() error {
-	for _, v := range []string{bystanderMounted, bystanderUnmounted} {
-		if _, err := b.call("VolumeDriver.Create", map[string]any{"Name": v}); err != nil {
-			return err
-		}
+	// noatime: reading the data at the end must not write to the image.
+	if _, err := b.call("VolumeDriver.Create", map[string]any{"Name": bystanderMounted, "Opts": map[string]string{"mountopts": "noatime"}}); err != nil {
+		return err
+	}
+	if _, err := b.call("VolumeDriver.Create", map[string]any{"Name": bystanderUnmounted}); err != nil {
+		return err
 	}
 	out, err := b.call("VolumeDriver.Mount", map[string]any{"Name": bystanderMounted})
 	if err != nil {
 		return err
 	}
 	b.mountpoint, _ = out["Mountpoint"].(string)
-	if err := writeRandom(filepath.Join(b.mountpoint, "data")); err != nil {
+	if b.data, err = writeRandom(filepath.Join(b.mountpoint, "data")); err != nil {
 		return err
 	}
 	const id = "bvh0000000000000000000000000000000000000000000000000000000000001"
@@ -136,39 +140,77 @@ func (b *bystander) fill() error {
 		return err
 	}
 	mp, _ := out["Mountpoint"].(string)
-	if err := writeRandom(filepath.Join(mp, "data")); err != nil {
+	if _, err := writeRandom(filepath.Join(mp, "data")); err != nil {
 		return err
 	}
 	_, err = b.call("VolumeDriver.Unmount", map[string]any{"Name": bystanderUnmounted, "ID": id})
 	return err
 }
 
-func writeRandom(path string) error {
+// writeRandom writes 1 MiB of random data to path and returns it.
+func writeRandom(path string) ([]byte, error) {
 	buf := make([]byte, 1<<20)
 	rand.Read(buf)
 	f, err := os.Create(path)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if _, err := f.Write(buf); err != nil {
 		f.Close()
-		return err
+		return nil, err
 	}
-	return errors.Join(f.Sync(), f.Close())
+	return buf, errors.Join(f.Sync(), f.Close())
 }
 
-// seal records the images, the state records, the mounted volume's data and
-// the log size.
+// settle waits until ext4 has zeroed every inode table of the mounted
+// volume (its lazy init writes to the image for a few seconds after the
+// first mount), then flushes the filesystem: from then on the image
+// changes only if something touches the volume.
+func (b *bystander) settle() error {
+	m, err := mountsUnder(b.mountpoint)
+	if err != nil || len(m) != 1 {
+		return fmt.Errorf("bystander: mounts at %s: %v %v", b.mountpoint, m, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	err = poll(ctx, 200*time.Millisecond, nil, func(ctx context.Context) (bool, error) {
+		out, err := runCmd(ctx, "dumpe2fs", m[0].Source)
+		if err != nil {
+			return false, err
+		}
+		groups, zeroed := 0, 0
+		for _, l := range strings.Split(out, "\n") {
+			if rest, ok := strings.CutPrefix(l, "Group "); ok && rest != "" && rest[0] >= '0' && rest[0] <= '9' {
+				groups++
+				if strings.Contains(l, "ITABLE_ZEROED") {
+					zeroed++
+				}
+			}
+		}
+		return groups > 0 && zeroed == groups, fmt.Errorf("%d of %d inode tables zeroed", zeroed, groups)
+	})
+	if err != nil {
+		return fmt.Errorf("bystander: ext4's lazy init did not end: %w", err)
+	}
+	f, err := os.Open(b.mountpoint)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return unix.Syncfs(int(f.Fd()))
+}
+
+// seal records the files of the loop backend (images and records), the
+// plugin's state records and the log size, once the images are still.
 func (b *bystander) seal() error {
+	if err := b.settle(); err != nil {
+		return err
+	}
 	var err error
 	if b.images, err = b.sealImages(); err != nil {
 		return err
 	}
 	if b.records, err = b.readRecords(); err != nil {
-		return err
-	}
-	b.data = map[string][]byte{}
-	if b.data["data"], err = os.ReadFile(filepath.Join(b.mountpoint, "data")); err != nil {
 		return err
 	}
 	b.logSize = b.plugin.logSize()
@@ -234,11 +276,9 @@ func (b *bystander) check() error {
 		case !ok:
 			errs = append(errs, fmt.Errorf("image %s is gone", path))
 		case now.ino != was.ino || now.size != was.size:
-			errs = append(errs, fmt.Errorf("image %s was replaced or resized", path))
-		// The kernel may still write to the image of the mounted volume
-		// (ext4's lazy inode table init): its data is compared below.
-		case now.sum != was.sum && path != filepath.Join(b.plugin.Config.DataDir, bystanderMounted+".img"):
-			errs = append(errs, fmt.Errorf("image %s changed", path))
+			errs = append(errs, fmt.Errorf("%s was replaced or resized", path))
+		case now.sum != was.sum:
+			errs = append(errs, fmt.Errorf("%s changed", path))
 		}
 	}
 	records, err := b.readRecords()
@@ -250,7 +290,7 @@ func (b *bystander) check() error {
 			errs = append(errs, fmt.Errorf("state record %s changed:\n%s\nnow:\n%s", path, was, records[path]))
 		}
 	}
-	if got, err := os.ReadFile(filepath.Join(b.mountpoint, "data")); err != nil || !bytes.Equal(got, b.data["data"]) {
+	if got, err := os.ReadFile(filepath.Join(b.mountpoint, "data")); err != nil || !bytes.Equal(got, b.data) {
 		errs = append(errs, fmt.Errorf("the data of the mounted volume changed or is unreadable (%v)", err))
 	}
 	if m, err := mountsUnder(b.mountpoint); err != nil || len(m) != 1 {
