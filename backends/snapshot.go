@@ -3,6 +3,8 @@ package backends
 import (
 	"context"
 	"time"
+
+	"github.com/blockvol/blockvol/iscsi"
 )
 
 // Snapshot is a backend's view of one snapshot: a point-in-time copy of a
@@ -60,3 +62,13 @@ type Cloner interface {
 type Expander interface {
 	Expand(ctx context.Context, name string, sizeBytes int64) (Volume, error)
 }
+
+// Rescanner is implemented by initiators that can make this host re-read
+// the size of a LUN it is logged in to, without a re-login
+// (*iscsi.Initiator): what an iSCSI backend's Expand of a volume attached
+// here needs before the filesystem can grow.
+type Rescanner interface {
+	Rescan(ctx context.Context, t iscsi.Target) error
+}
+
+var _ Rescanner = (*iscsi.Initiator)(nil)

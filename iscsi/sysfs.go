@@ -237,13 +237,5 @@ func holders(dir string) []string {
 // deleteSCSIDevice removes d from the kernel (sysfs H:C:T:L/delete), the
 // way a LUN that stays behind a kept session is dropped.
 func deleteSCSIDevice(d lunDevice) error {
-	f, err := os.OpenFile(filepath.Join(d.scsiDir, "delete"), os.O_WRONLY, 0)
-	if err != nil {
-		return err
-	}
-	_, err = f.WriteString("1")
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	return err
+	return writeAttr(filepath.Join(d.scsiDir, "delete"), "1")
 }

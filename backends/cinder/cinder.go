@@ -328,6 +328,12 @@ func (b *Backend) Check(ctx context.Context) error {
 
 // Create implements backends.Backend.
 func (b *Backend) Create(ctx context.Context, req backends.CreateRequest) (backends.Volume, error) {
+	return b.create(ctx, req, backends.Source{})
+}
+
+// create makes a volume: empty, or (CreateFrom) from a snapshot or a
+// volume of Cinder's, named by src.
+func (b *Backend) create(ctx context.Context, req backends.CreateRequest, src backends.Source) (backends.Volume, error) {
 	const op = "create"
 	name := req.Name
 	if err := checkName(name); err != nil {
@@ -359,17 +365,21 @@ func (b *Backend) Create(ctx context.Context, req backends.CreateRequest) (backe
 		log.Info("Cinder sizes are whole GiB; rounding up", "size_bytes", req.SizeBytes, "size_gib", gib)
 	}
 	pieces[tagKey] = tagValue
-	if b.beforeCreate != nil {
-		b.beforeCreate()
-	}
-	v, err := volumes.Create(ctx, c.base(), volumes.CreateOpts{
+	copts := volumes.CreateOpts{
 		Name:             name,
 		Size:             gib,
 		VolumeType:       req.VolumeType,
 		AvailabilityZone: req.AvailabilityZone,
 		Description:      "blockvol volume",
 		Metadata:         pieces,
-	}, nil).Extract()
+	}
+	if copts.SnapshotID, copts.SourceVolID, err = b.sourceIDs(ctx, c, src); err != nil {
+		return backends.Volume{}, opErr(op, name, err)
+	}
+	if b.beforeCreate != nil {
+		b.beforeCreate()
+	}
+	v, err := volumes.Create(ctx, c.base(), copts, nil).Extract()
 	if err != nil {
 		err = b.cinderError(c.sc, "create the volume", err)
 		switch statusOf(err) {
@@ -673,15 +683,23 @@ func (b *Backend) listVolumes(ctx context.Context, c *conn, opts volumes.ListOpt
 // most about 10% later than the change. On ctx's end the last volume seen
 // is returned with the error.
 func (b *Backend) waitVolume(ctx context.Context, c *conn, id string, done func(*volumes.Volume) bool) (*volumes.Volume, error) {
+	return await(ctx, b, c, "volume "+id, func(ctx context.Context) (*volumes.Volume, error) {
+		return volumes.Get(ctx, c.base(), id).Extract()
+	}, done, func(v *volumes.Volume) string { return v.Status })
+}
+
+// await is waitVolume for any Cinder resource: get reads it (a 404 means
+// gone), status tells its status for the error at ctx's end.
+func await[T any](ctx context.Context, b *Backend, c *conn, what string, get func(context.Context) (*T, error), done func(*T) bool, status func(*T) string) (*T, error) {
 	start := time.Now()
-	var last *volumes.Volume
+	var last *T
 	for {
-		v, err := volumes.Get(ctx, c.base(), id).Extract()
+		v, err := get(ctx)
 		switch {
 		case gophercloud.ResponseCodeIs(err, http.StatusNotFound):
 			return nil, nil
 		case err != nil && ctx.Err() == nil:
-			return last, b.cinderError(c.sc, "read Cinder volume "+id, err)
+			return last, b.cinderError(c.sc, "read Cinder "+what, err)
 		case err == nil:
 			last = v
 			if done(v) {
@@ -692,11 +710,11 @@ func (b *Backend) waitVolume(ctx context.Context, c *conn, id string, done func(
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			status := "unknown"
+			st := "unknown"
 			if last != nil {
-				status = last.Status
+				st = status(last)
 			}
-			return last, fmt.Errorf("still %s: %w", status, ctx.Err())
+			return last, fmt.Errorf("still %s: %w", st, ctx.Err())
 		case <-t.C:
 		}
 	}

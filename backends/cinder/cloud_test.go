@@ -226,14 +226,22 @@ type fakeInitiator struct {
 	name  string
 	probe bool // run iscsi-inq on Attach
 
-	mu       sync.Mutex
-	attached []iscsi.Target
-	detached []iscsi.Target
-	onAttach func(ctx context.Context, t iscsi.Target) error
-	onDetach func(ctx context.Context, t iscsi.Target) error
+	mu        sync.Mutex
+	attached  []iscsi.Target
+	detached  []iscsi.Target
+	rescanned []iscsi.Target
+	onAttach  func(ctx context.Context, t iscsi.Target) error
+	onDetach  func(ctx context.Context, t iscsi.Target) error
 }
 
 func (f *fakeInitiator) InitiatorName() (string, error) { return f.name, nil }
+
+func (f *fakeInitiator) Rescan(_ context.Context, t iscsi.Target) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rescanned = append(f.rescanned, t)
+	return nil
+}
 
 func (f *fakeInitiator) Attach(ctx context.Context, t iscsi.Target) (string, error) {
 	f.mu.Lock()
