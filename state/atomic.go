@@ -14,7 +14,14 @@ import (
 )
 
 // WriteFileAtomic replaces path with data, crash-safely.
-func WriteFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
+	return writeFileAtomic(path, data, perm, true)
+}
+
+// writeFileAtomic is WriteFileAtomic; without syncDir the rename is not
+// made durable (after a power loss path may hold its previous contents,
+// never a torn or empty file: the data is fsynced before the rename).
+func writeFileAtomic(path string, data []byte, perm os.FileMode, syncDir bool) (err error) {
 	dir := filepath.Dir(path)
 	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
 	if err != nil {
@@ -40,6 +47,9 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
 	}
 	if err = os.Rename(tmp.Name(), path); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if !syncDir {
+		return nil
 	}
 	return SyncDir(dir)
 }

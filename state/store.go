@@ -16,9 +16,17 @@ import (
 var ErrNotFound = errors.New("no record")
 
 // Store keeps one JSON record per name in a directory. Names must be safe
-// file names (the caller validates them); each record is written with
-// WriteFileAtomic. A Store does no locking: callers serialize writes to one
-// name, and different names never share a file.
+// file names (the caller validates them); each record is written
+// atomically (a temporary file, fsynced, renamed). A Store does no locking:
+// callers serialize writes to one name, and different names never share a
+// file.
+//
+// A record describes this host's use of a volume during this boot (phase,
+// users, device), which a power loss ends. So only a new record is made
+// durable with a directory fsync; an overwrite or a removal that a power
+// loss undoes leaves the record as it was one step earlier, which recovery
+// handles like any step interrupted there. This saves a directory fsync on
+// every step of a mount and an unmount after the first.
 type Store struct {
 	dir string
 }
@@ -51,7 +59,10 @@ func (s *Store) Save(name string, v any) error {
 	if err != nil {
 		return fmt.Errorf("encode record %s: %w", name, err)
 	}
-	return WriteFileAtomic(s.path(name), append(data, '\n'), 0o600)
+	p := s.path(name)
+	_, err = os.Lstat(p)
+	replacing := err == nil
+	return writeFileAtomic(p, append(data, '\n'), 0o600, !replacing)
 }
 
 // Load reads the record of name into v, or returns ErrNotFound. A symlink
@@ -103,7 +114,14 @@ func readNoFollow(path string) ([]byte, error) {
 }
 
 // Delete removes the record of name; a missing record is not an error.
-func (s *Store) Delete(name string) error { return RemoveFile(s.path(name)) }
+// The removal is not made durable (see Store).
+func (s *Store) Delete(name string) error {
+	p := s.path(name)
+	if err := os.Remove(p); err != nil && !os.IsNotExist(err) {
+		return fmt.Errorf("remove %s: %w", p, err)
+	}
+	return nil
+}
 
 // Names lists the names that have a record.
 func (s *Store) Names() ([]string, error) {
