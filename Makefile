@@ -62,7 +62,9 @@ vet:
 # Benchmarks print figures and ratios; they never pass or fail on time.
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 20x ./fs/
-	$(GO) test -run '^$$' -bench . ./backends/loop/
+	$(GO) test -run '^$$' -bench 'List' ./backends/loop/
+	$(GO) test -run '^$$' -bench 'RootSnapshot10G' -benchtime 3x -timeout 20m ./backends/loop/
+	$(GO) test -run '^$$' -bench 'RootGrowOnline' -benchtime 5x ./plugin/
 	$(GO) test -run '^$$' -bench 'CreateMount|Parallel' -benchtime 10x ./plugin/
 	$(GO) test -run '^$$' -bench 'Queries10k' -benchtime 2000x ./plugin/
 	$(GO) test -run '^$$' -bench 'CSIvsDocker' -benchtime 20x ./csi/
