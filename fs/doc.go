@@ -1,6 +1,6 @@
 // Package fs puts a filesystem on a block device and mounts it.
 //
-// Every host program (blkid, mkfs, e2fsck, wipefs, blockdev) is run through
+// Every host program (blkid, mkfs, e2fsck, wipefs) is run through
 // an injected hostexec.Runner and the mount(2)/umount2(2) system calls go
 // through an injected Mounter, so that the whole package can be tested with
 // scripted fakes and, as root, against real loop devices.

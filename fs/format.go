@@ -41,7 +41,7 @@ func (f *FS) Prepare(ctx context.Context, dev, fstype string, overwrite bool) (f
 	log := f.log().With("device", dev)
 	switch {
 	case sig.blank():
-		if err := f.checkWritable(ctx, dev); err != nil {
+		if err := f.checkWritable(dev); err != nil {
 			return "", false, err
 		}
 		if err := f.format(ctx, dev, fstype); err != nil {
@@ -55,7 +55,7 @@ func (f *FS) Prepare(ctx context.Context, dev, fstype string, overwrite bool) (f
 			dev, sig.describe(), ErrForeignSignature)
 
 	case overwrite:
-		if err := f.checkWritable(ctx, dev); err != nil {
+		if err := f.checkWritable(dev); err != nil {
 			return "", false, err
 		}
 		if _, err := f.Run.Run(ctx, "wipefs", "-a", dev); err != nil {
@@ -104,22 +104,18 @@ func (f *FS) format(ctx context.Context, dev, fstype string) error {
 	return nil
 }
 
-// checkWritable refuses a device the kernel reports read-only
-// (`blockdev --getro`), so that the error names the cause rather than
-// surfacing as a write failure deep inside mkfs or wipefs.
-func (f *FS) checkWritable(ctx context.Context, dev string) error {
-	out, err := f.Run.Run(ctx, "blockdev", "--getro", dev)
-	if err != nil {
+// checkWritable refuses a device the kernel reports read-only, so that
+// the error names the cause rather than surfacing as a write failure deep
+// inside mkfs or wipefs.
+func (f *FS) checkWritable(dev string) error {
+	ro, err := f.Mounter.ReadOnly(dev)
+	switch {
+	case err != nil:
 		return fmt.Errorf("check whether device %s is read-only: %w", dev, err)
-	}
-	switch s := strings.TrimSpace(string(out)); s {
-	case "0":
-		return nil
-	case "1":
+	case ro:
 		return fmt.Errorf("device %s is read-only; refusing to format it: %w", dev, ErrReadOnly)
-	default:
-		return fmt.Errorf("check whether device %s is read-only: unexpected blockdev --getro output %q", dev, s)
 	}
+	return nil
 }
 
 // fsckExt4 runs `e2fsck -p` (automatic, safe repairs only). Exit status 0

@@ -15,7 +15,6 @@ const dev = "/dev/loop3"
 
 var (
 	blkidArgv    = []string{"blkid", "-p", "-o", "export", dev}
-	getroArgv    = []string{"blockdev", "--getro", dev}
 	mkfsExt4Argv = []string{"mkfs.ext4", "-q", "-F", "-m", "0", "-E", "nodiscard,lazy_itable_init=1,lazy_journal_init=1", dev}
 	mkfsXFSArgv  = []string{"mkfs.xfs", "-q", "-K", dev}
 	e2fsckArgv   = []string{"e2fsck", "-p", dev}
@@ -28,7 +27,6 @@ func blkidFound(lines ...string) hostexec.Call {
 
 var (
 	blkidBlank = hostexec.Call{Argv: blkidArgv, Code: 2}
-	writable   = hostexec.Call{Argv: getroArgv, Stdout: "0\n"}
 )
 
 func quietLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -39,6 +37,7 @@ func TestPrepare(t *testing.T) {
 		fstype    string
 		overwrite bool
 		calls     []hostexec.Call
+		readOnly  bool // the kernel has the device read-only
 		wantType  string
 		wantFmt   bool
 		wantErrIs error    // nil: no error expected unless wantErr is set
@@ -46,12 +45,12 @@ func TestPrepare(t *testing.T) {
 	}{
 		{
 			name: "blank to ext4", fstype: "ext4",
-			calls:    []hostexec.Call{blkidBlank, writable, {Argv: mkfsExt4Argv}},
+			calls:    []hostexec.Call{blkidBlank, {Argv: mkfsExt4Argv}},
 			wantType: "ext4", wantFmt: true,
 		},
 		{
 			name: "blank to xfs", fstype: "xfs",
-			calls:    []hostexec.Call{blkidBlank, writable, {Argv: mkfsXFSArgv}},
+			calls:    []hostexec.Call{blkidBlank, {Argv: mkfsXFSArgv}},
 			wantType: "xfs", wantFmt: true,
 		},
 		{
@@ -84,17 +83,17 @@ func TestPrepare(t *testing.T) {
 		},
 		{
 			name: "overwrite ext4 with xfs", fstype: "xfs", overwrite: true,
-			calls:    []hostexec.Call{blkidFound("TYPE=ext4"), writable, {Argv: wipefsArgv}, {Argv: mkfsXFSArgv}},
+			calls:    []hostexec.Call{blkidFound("TYPE=ext4"), {Argv: wipefsArgv}, {Argv: mkfsXFSArgv}},
 			wantType: "xfs", wantFmt: true,
 		},
 		{
 			name: "overwrite xfs with ext4", fstype: "ext4", overwrite: true,
-			calls:    []hostexec.Call{blkidFound("TYPE=xfs"), writable, {Argv: wipefsArgv}, {Argv: mkfsExt4Argv}},
+			calls:    []hostexec.Call{blkidFound("TYPE=xfs"), {Argv: wipefsArgv}, {Argv: mkfsExt4Argv}},
 			wantType: "ext4", wantFmt: true,
 		},
 		{
 			name: "overwrite blank device is a plain format", fstype: "ext4", overwrite: true,
-			calls:    []hostexec.Call{blkidBlank, writable, {Argv: mkfsExt4Argv}},
+			calls:    []hostexec.Call{blkidBlank, {Argv: mkfsExt4Argv}},
 			wantType: "ext4", wantFmt: true,
 		},
 		{
@@ -156,23 +155,25 @@ func TestPrepare(t *testing.T) {
 		},
 		{
 			name: "read-only blank device not formatted", fstype: "ext4",
-			calls:     []hostexec.Call{blkidBlank, {Argv: getroArgv, Stdout: "1\n"}},
+			calls:     []hostexec.Call{blkidBlank},
+			readOnly:  true,
 			wantErrIs: ErrReadOnly,
 			wantErr:   []string{"/dev/loop3", "read-only"},
 		},
 		{
 			name: "read-only device not wiped", fstype: "ext4", overwrite: true,
-			calls:     []hostexec.Call{blkidFound("TYPE=xfs"), {Argv: getroArgv, Stdout: "1\n"}},
+			calls:     []hostexec.Call{blkidFound("TYPE=xfs")},
+			readOnly:  true,
 			wantErrIs: ErrReadOnly,
 		},
 		{
 			name: "mkfs failure names the device", fstype: "xfs",
-			calls:   []hostexec.Call{blkidBlank, writable, {Argv: mkfsXFSArgv, Code: 1, Stderr: "Filesystem must be larger than 300MB."}},
+			calls:   []hostexec.Call{blkidBlank, {Argv: mkfsXFSArgv, Code: 1, Stderr: "Filesystem must be larger than 300MB."}},
 			wantErr: []string{"/dev/loop3", "xfs", "300MB"},
 		},
 		{
 			name: "wipefs failure stops before mkfs", fstype: "ext4", overwrite: true,
-			calls:   []hostexec.Call{blkidFound("TYPE=ext4"), writable, {Argv: wipefsArgv, Code: 1, Stderr: "probing initialization failed"}},
+			calls:   []hostexec.Call{blkidFound("TYPE=ext4"), {Argv: wipefsArgv, Code: 1, Stderr: "probing initialization failed"}},
 			wantErr: []string{"wipe", "/dev/loop3"},
 		},
 		{
@@ -188,7 +189,7 @@ func TestPrepare(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			fake := hostexec.NewFake(t, tt.calls...)
-			f := &FS{Run: fake, Mounter: &fakeMounter{t: t}, Log: quietLog()}
+			f := &FS{Run: fake, Mounter: &fakeMounter{t: t, readOnly: tt.readOnly}, Log: quietLog()}
 			gotType, gotFmt, err := f.Prepare(context.Background(), dev, tt.fstype, tt.overwrite)
 			fake.Done()
 			wantFail := tt.wantErrIs != nil || tt.wantErr != nil

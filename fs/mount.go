@@ -10,12 +10,16 @@ import (
 	"syscall"
 
 	"github.com/blockvol/blockvol/internal/sentinel"
+	"golang.org/x/sys/unix"
 )
 
 // Mounter is the mount(2)/umount2(2) pair; the real one is SyscallMounter.
 type Mounter interface {
 	Mount(source, target, fstype string, flags uintptr, data string) error
 	Unmount(target string, flags int) error
+	// ReadOnly reports whether the kernel has block device dev read-only
+	// (the BLKROGET ioctl, what `blockdev --getro` prints).
+	ReadOnly(dev string) (bool, error)
 }
 
 // SyscallMounter calls the kernel directly. It uses the standard syscall
@@ -31,6 +35,20 @@ func (SyscallMounter) Mount(source, target, fstype string, flags uintptr, data s
 // Unmount implements Mounter with umount2(2).
 func (SyscallMounter) Unmount(target string, flags int) error {
 	return syscall.Unmount(target, flags)
+}
+
+// ReadOnly implements Mounter with the BLKROGET ioctl.
+func (SyscallMounter) ReadOnly(dev string) (bool, error) {
+	f, err := os.OpenFile(dev, os.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	ro, err := unix.IoctlGetInt(int(f.Fd()), unix.BLKROGET)
+	if err != nil {
+		return false, fmt.Errorf("BLKROGET: %w", err)
+	}
+	return ro != 0, nil
 }
 
 // Mount creates target (mode 0755, parents included) if it is missing and

@@ -28,7 +28,10 @@ type fakeMounter struct {
 	unmountFl  []int
 	mountErr   error
 	unmountErr error
+	readOnly   bool
 }
+
+func (m *fakeMounter) ReadOnly(dev string) (bool, error) { return m.readOnly, nil }
 
 func (m *fakeMounter) Mount(source, target, fstype string, flags uintptr, data string) error {
 	m.mounts = append(m.mounts, mountCall{source, target, fstype, flags, data})

@@ -15,7 +15,7 @@ func TestDoctorListsDamagedRecordsAndEveryTool(t *testing.T) {
 	h.file("/var/lib/blockvol/volumes/good.json", "{}", 0o600)
 	h.file("/var/lib/blockvol/volumes/bad.json.damaged-20261201T000000.000000000Z", "", 0o600)
 	h.file("/var/lib/blockvol/seen.json.damaged-20261201T000000.000000000Z", "x", 0o600)
-	for _, tool := range []string{"wipefs", "e2fsck", "blockdev"} {
+	for _, tool := range []string{"wipefs", "e2fsck", "fsfreeze"} {
 		if err := os.Remove(filepath.Join(h.root, "/usr/sbin", tool)); err != nil {
 			t.Fatal(err)
 		}
@@ -27,7 +27,7 @@ func TestDoctorListsDamagedRecordsAndEveryTool(t *testing.T) {
 		!strings.Contains(r.Detail, "/var/lib/blockvol/volumes/bad.json.damaged-") || !strings.Contains(r.Detail, "/var/lib/blockvol/seen.json.damaged-") {
 		t.Errorf("state records = %+v; want a WARN naming both set-aside files", r)
 	}
-	for tool, pkg := range map[string]string{"wipefs": "util-linux", "e2fsck": "e2fsprogs", "blockdev": "util-linux"} {
+	for tool, pkg := range map[string]string{"wipefs": "util-linux", "e2fsck": "e2fsprogs", "fsfreeze": "util-linux"} {
 		if r := rs["tool "+tool]; r.Status != statusFail || r.Fix != "apt-get install "+pkg {
 			t.Errorf("tool %s = %+v; want FAIL with apt-get install %s", tool, r, pkg)
 		}
