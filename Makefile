@@ -4,7 +4,7 @@ PREFIX  ?= /usr/local
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: build install plugin test setup unit bench fuzz vet clean e2e-vm
+.PHONY: build install plugin test setup unit bench fuzz vet clean e2e-vm e2e-multihost
 
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o bin/blockvol ./cmd/blockvol
@@ -51,6 +51,12 @@ setup:
 SOAK_ROUNDS ?= 200
 soak:
 	$(GO) test -count=1 -v -timeout 60m -run '^TestSoak$$' ./test/soak/ -soak.rounds=$(SOAK_ROUNDS)
+
+# Two agent guests and a target host (tgtd and sshd in a network namespace
+# the test makes): move, refusal, failover with fencing, parallel mounts,
+# with real kernels; `make test` runs them too (TestMultiHost).
+e2e-multihost:
+	$(GO) test -count=1 -v -timeout 20m -run 'TestMultiHost' ./test/vm/
 
 # Only what needs neither root nor external tools.
 unit:

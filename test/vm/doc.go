@@ -34,6 +34,7 @@
 //	VMTEST FAIL <scenario> <seconds> <message>
 //	VMTEST SKIP <scenario> <reason>
 //	VMTEST DONE <pass> <fail> <skip> <seconds>
+//	VMTEST READY <name>                          an agent guest serves its control port
 //
 // Other console lines (kernel messages, indented diagnostics) are kept in
 // the console log and attached to the scenario they appear in.

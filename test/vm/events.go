@@ -79,7 +79,7 @@ func ParseEvent(line string) (Event, bool) {
 		ev.Secs, ev.Text = n(1), tail(2)
 	case "DONE":
 		ev.Secs = n(3)
-	case "PLAN", "BEGIN", "EXIT":
+	case "PLAN", "BEGIN", "EXIT", "READY":
 	default:
 		return Event{}, false
 	}

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 )
@@ -20,6 +21,11 @@ type GuestOptions struct {
 	// ModuleRoot is the repository root; "" finds go.mod above the working
 	// directory.
 	ModuleRoot string
+	// ExtraModules are loaded besides Modules (e.g. virtio_net for a guest
+	// with a network device).
+	ExtraModules []string
+	// Files are extra files (path in the guest -> content), mode 0600.
+	Files map[string][]byte
 }
 
 // Guest is a built initramfs.
@@ -151,13 +157,16 @@ func BuildGuest(ctx context.Context, opts GuestOptions) (Guest, error) {
 			im.Symlink("usr/bin/"+a, "busybox")
 		}
 	}
-	mods, err := im.Modules(opts.Kernel, Modules...)
+	mods, err := im.Modules(opts.Kernel, append(slices.Clone(Modules), opts.ExtraModules...)...)
 	if err != nil {
 		return g, err
 	}
 	im.File("etc/vmtest/modules", []byte(strings.Join(mods, "\n")+"\n"), 0o644)
 	if err := guestConfig(im); err != nil {
 		return g, err
+	}
+	for p, data := range opts.Files {
+		im.File(p, data, 0o600)
 	}
 	im.File("init", []byte(initScript), 0o755)
 

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -28,6 +29,12 @@ type BootConfig struct {
 	LogPath string
 	// OnEvent, optional, is called for each VMTEST line as it arrives.
 	OnEvent func(Event)
+	// Netns, when set, runs qemu in that network namespace (through
+	// `ip netns exec`), where the tap devices of Extra live.
+	Netns string
+	// Extra are more qemu arguments: network devices, a control serial
+	// port, a monitor.
+	Extra []string
 }
 
 // Status is how a VM run ended.
@@ -53,8 +60,8 @@ type Result struct {
 
 // Boot runs qemu until the guest powers off, reports through
 // isa-debug-exit, or ctx ends (then qemu is killed and the status is
-// TimedOut). The VM has no network device: everything the guest does stays
-// on its own 127.0.0.1. An error is returned only when qemu could not run
+// TimedOut). Without cfg.Extra the VM has no network device: everything
+// the guest does stays on its own 127.0.0.1. An error is returned only when qemu could not run
 // at all.
 func Boot(ctx context.Context, cfg BootConfig) (*Result, error) {
 	if cfg.CPUs == 0 {
@@ -74,20 +81,31 @@ func Boot(ctx context.Context, cfg BootConfig) (*Result, error) {
 		"-nodefaults", "-no-user-config",
 		"-machine", "pc,accel=tcg", "-cpu", "max",
 		"-smp", fmt.Sprint(cfg.CPUs), "-m", fmt.Sprint(cfg.MemoryMB),
-		"-display", "none", "-serial", "stdio", "-nic", "none", "-no-reboot",
+		"-display", "none", "-serial", "stdio", "-no-reboot",
 		"-device", "isa-debug-exit,iobase=0xf4,iosize=0x04",
 		"-kernel", cfg.Kernel.Image(), "-initrd", cfg.Initrd,
 		"-append", appendLine,
 	}
-	cmd := exec.CommandContext(ctx, cfg.QEMU, args...)
+	if len(cfg.Extra) == 0 {
+		args = append(args, "-nic", "none")
+	}
+	args = append(args, cfg.Extra...)
+	prog := cfg.QEMU
+	if cfg.Netns != "" {
+		// ip execs qemu: the process is qemu itself.
+		args = append([]string{"netns", "exec", cfg.Netns, cfg.QEMU}, args...)
+		prog = "ip"
+	}
+	cmd := exec.CommandContext(ctx, prog, args...)
 	cmd.Stdin = nil
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // dies with the test
 	pr, pw := io.Pipe()
 	cmd.Stdout = pw
 	cmd.Stderr = pw
 	cmd.WaitDelay = 5 * time.Second
 
 	res := &Result{LogPath: cfg.LogPath}
-	fmt.Fprintf(logf, "# %s %s\n", cfg.QEMU, strings.Join(args, " "))
+	fmt.Fprintf(logf, "# %s %s\n", prog, strings.Join(args, " "))
 	start := time.Now()
 	var wg sync.WaitGroup
 	wg.Add(1)

@@ -7,7 +7,8 @@
 //
 // Kernel parameters read:
 //
-//	vmtest.mode=test|bench   which scenario set (default test)
+//	vmtest.mode=test|bench   which scenario set (default test); agent: one
+//	                         agent of the multi-host tests (agent.go)
 //	vmtest.run=REGEXP        only scenarios whose name matches
 //	vmtest.skip=REGEXP       not the scenarios whose name matches
 //	vmtest.benchn=N          iterations of the bench scenarios (default 5)
@@ -37,6 +38,14 @@ func main() {
 	if len(os.Args) == 3 && os.Args[1] == "exit" {
 		n, _ := strconv.Atoi(os.Args[2])
 		os.Exit(debugExit(n))
+	}
+	if len(os.Args) >= 2 {
+		switch os.Args[1] {
+		case "writer":
+			os.Exit(writerMain(os.Args[2:]))
+		case "records":
+			os.Exit(recordsMain(os.Args[2:]))
+		}
 	}
 	os.Exit(runAll())
 }
@@ -86,8 +95,11 @@ func runAll() int {
 		r.line("FAIL setup 0s %v", err)
 		return 1
 	}
+	os.MkdirAll("/run/vmtest", 0o755)
 	var all []scenario
 	switch p.mode {
+	case "agent":
+		return runAgent(r)
 	case "test":
 		all = testScenarios()
 	case "bench":
@@ -106,7 +118,6 @@ func runAll() int {
 	}
 	r.line("PLAN %s", strings.Join(names, " "))
 	ctx := context.Background()
-	os.MkdirAll("/run/vmtest", 0o755)
 
 	r.runScenario(ctx, scenario{name: "setup", timeout: 2 * time.Minute, run: setupGuest})
 	if r.fail > 0 {

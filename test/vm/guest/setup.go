@@ -20,12 +20,24 @@ const (
 
 // setupGuest brings the guest up: loopback, modules, udev, tgtd, iscsid.
 func setupGuest(s *S) error {
+	if err := setupBase(s, "blockvol-vm"); err != nil {
+		return err
+	}
+	if err := startTargets(s); err != nil {
+		return err
+	}
+	return startIscsid(s)
+}
+
+// setupBase brings up what every guest needs: loopback, host name, kernel
+// modules, udev.
+func setupBase(s *S, hostname string) error {
 	ctx := s.ctx
-	if err := s.Step("loopback up, host name", func() error {
+	if err := s.Step("loopback up, host name "+hostname, func() error {
 		if _, err := run(ctx, "ip", "link", "set", "lo", "up"); err != nil {
 			return err
 		}
-		_, err := run(ctx, "hostname", "blockvol-vm")
+		_, err := run(ctx, "hostname", hostname)
 		return err
 	}); err != nil {
 		return err
@@ -44,7 +56,7 @@ func setupGuest(s *S) error {
 	}); err != nil {
 		return err
 	}
-	if err := s.Step("udevd, trigger, settle", func() error {
+	return s.Step("udevd, trigger, settle", func() error {
 		if _, err := daemon("/run/vmtest/udevd.log", "/usr/lib/systemd/systemd-udevd", "--resolve-names=never"); err != nil {
 			return err
 		}
@@ -64,10 +76,13 @@ func setupGuest(s *S) error {
 			}
 		}
 		return nil
-	}); err != nil {
-		return err
-	}
-	if err := s.Step("tgtd on "+targetPortal+" and "+directPortal, func() error {
+	})
+}
+
+// startTargets starts the guest's two tgtd instances.
+func startTargets(s *S) error {
+	ctx := s.ctx
+	return s.Step("tgtd on "+targetPortal+" and "+directPortal, func() error {
 		for _, t := range []struct{ ctl, portal string }{{"0", targetPortal}, {directCtl, directPortal}} {
 			if _, err := daemon("/run/vmtest/tgtd."+t.ctl+".log", "tgtd", "-f", "-C", t.ctl, "--iscsi", "portal="+t.portal); err != nil {
 				return err
@@ -82,9 +97,12 @@ func setupGuest(s *S) error {
 			}
 		}
 		return nil
-	}); err != nil {
-		return err
-	}
+	})
+}
+
+// startIscsid starts iscsid and waits until it listens.
+func startIscsid(s *S) error {
+	ctx := s.ctx
 	return s.Step("iscsid", func() error {
 		if _, err := daemon("/run/vmtest/iscsid.log", "iscsid", "-f"); err != nil {
 			return err
