@@ -53,14 +53,11 @@ func (b *Backend) claimedHere(v *volumes.Volume) bool {
 // Attach implements backends.Backend.
 func (b *Backend) Attach(ctx context.Context, name string, opts backends.AttachOptions) (string, error) {
 	const op = "attach"
-	if err := checkName(name); err != nil {
-		return "", opErr(op, name, err)
+	c, err := b.open(ctx, op, name)
+	if err != nil {
+		return "", err
 	}
 	defer b.recent.forget(name) // what it changes is not what was seen
-	c, err := b.client(ctx)
-	if err != nil {
-		return "", opErr(op, name, err)
-	}
 	log := b.log.With("volume", name, "op", op)
 	v, err := b.find(ctx, c, name)
 	if err != nil {
@@ -483,14 +480,11 @@ func (b *Backend) terminate(ctx context.Context, c *conn, id string, connector m
 // recorded here that another host has taken over.
 func (b *Backend) Detach(ctx context.Context, name string) error {
 	const op = "detach"
-	if err := checkName(name); err != nil {
-		return opErr(op, name, err)
+	c, err := b.open(ctx, op, name)
+	if err != nil {
+		return err
 	}
 	defer b.recent.forget(name) // what it changes is not what was seen
-	c, err := b.client(ctx)
-	if err != nil {
-		return opErr(op, name, err)
-	}
 	log := b.log.With("volume", name, "op", op)
 	v, err := b.find(ctx, c, name)
 	if errors.Is(err, sentinel.ErrNotFound) {

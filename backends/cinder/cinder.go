@@ -422,12 +422,9 @@ func (b *Backend) create(ctx context.Context, req backends.CreateRequest, src ba
 // Get implements backends.Backend.
 func (b *Backend) Get(ctx context.Context, name string) (backends.Volume, error) {
 	const op = "get"
-	if err := checkName(name); err != nil {
-		return backends.Volume{}, opErr(op, name, err)
-	}
-	c, err := b.client(ctx)
+	c, err := b.open(ctx, op, name)
 	if err != nil {
-		return backends.Volume{}, opErr(op, name, err)
+		return backends.Volume{}, err
 	}
 	v, err := b.findRecent(ctx, c, name)
 	if err != nil {
@@ -515,12 +512,9 @@ func (b *Backend) SetMeta(ctx context.Context, name string, meta map[string]stri
 // anywhere, or being attached or detached, yields ErrInUse.
 func (b *Backend) Remove(ctx context.Context, name string) error {
 	const op = "remove"
-	if err := checkName(name); err != nil {
-		return opErr(op, name, err)
-	}
-	c, err := b.client(ctx)
+	c, err := b.open(ctx, op, name)
 	if err != nil {
-		return opErr(op, name, err)
+		return err
 	}
 	defer b.recent.forget(name)
 	// The volume Docker's Get found a moment ago, unless it looked busy:
@@ -836,4 +830,17 @@ func (b *Backend) cleanup(ctx context.Context, f func(context.Context) error, lo
 		return false
 	}
 	return true
+}
+
+// open checks name and returns the logged-in client for op on it: the
+// start of every call on one volume.
+func (b *Backend) open(ctx context.Context, op, name string) (*conn, error) {
+	if err := checkName(name); err != nil {
+		return nil, opErr(op, name, err)
+	}
+	c, err := b.client(ctx)
+	if err != nil {
+		return nil, opErr(op, name, err)
+	}
+	return c, nil
 }

@@ -176,12 +176,9 @@ func (b *Backend) sourceIDs(ctx context.Context, c *conn, src backends.Source) (
 // its device shows the new size.
 func (b *Backend) Expand(ctx context.Context, name string, sizeBytes int64) (backends.Volume, error) {
 	const op = "expand"
-	if err := checkName(name); err != nil {
-		return backends.Volume{}, opErr(op, name, err)
-	}
-	c, err := b.client(ctx)
+	c, err := b.open(ctx, op, name)
 	if err != nil {
-		return backends.Volume{}, opErr(op, name, err)
+		return backends.Volume{}, err
 	}
 	v, err := b.find(ctx, c, name)
 	if err != nil {

@@ -480,12 +480,9 @@ func (b *Backend) listNames(d *os.File) ([]string, error) {
 // with the new Meta, keeping size and creation time.
 func (b *Backend) SetMeta(ctx context.Context, name string, meta map[string]string) error {
 	const op = "setmeta"
-	if err := checkName(name); err != nil {
-		return opErr(op, name, err)
-	}
-	unlock, err := b.locks.Lock(ctx, name)
+	unlock, err := b.lock(ctx, op, name)
 	if err != nil {
-		return opErr(op, name, err)
+		return err
 	}
 	defer unlock()
 	r, err := b.load(name)
@@ -506,12 +503,9 @@ func (b *Backend) SetMeta(ctx context.Context, name string, meta map[string]stri
 // disappear first. The record is deleted before the image.
 func (b *Backend) Remove(ctx context.Context, name string) error {
 	const op = "remove"
-	if err := checkName(name); err != nil {
-		return opErr(op, name, err)
-	}
-	unlock, err := b.locks.Lock(ctx, name)
+	unlock, err := b.lock(ctx, op, name)
 	if err != nil {
-		return opErr(op, name, err)
+		return err
 	}
 	defer unlock()
 	log := b.log.With(slog.String("volume", name), slog.String("op", op))
@@ -560,12 +554,9 @@ func (b *Backend) Remove(ctx context.Context, name string) error {
 // them, without --nooverlap (which would hand back the dying one).
 func (b *Backend) Attach(ctx context.Context, name string, _ backends.AttachOptions) (string, error) {
 	const op = "attach"
-	if err := checkName(name); err != nil {
-		return "", opErr(op, name, err)
-	}
-	unlock, err := b.locks.Lock(ctx, name)
+	unlock, err := b.lock(ctx, op, name)
 	if err != nil {
-		return "", opErr(op, name, err)
+		return "", err
 	}
 	defer unlock()
 	log := b.log.With(slog.String("volume", name), slog.String("op", op))
@@ -613,12 +604,9 @@ func (b *Backend) Attach(ctx context.Context, name string, _ backends.AttachOpti
 // may finish the detach later, once the device's last user closes it.
 func (b *Backend) Detach(ctx context.Context, name string) error {
 	const op = "detach"
-	if err := checkName(name); err != nil {
-		return opErr(op, name, err)
-	}
-	unlock, err := b.locks.Lock(ctx, name)
+	unlock, err := b.lock(ctx, op, name)
 	if err != nil {
-		return opErr(op, name, err)
+		return err
 	}
 	defer unlock()
 	log := b.log.With(slog.String("volume", name), slog.String("op", op))
@@ -943,3 +931,16 @@ func present(path string, ok func(fs.FileMode) bool) (bool, error) {
 // opErr and opErrf name the backend, the operation and the volume in an
 // error: loop: create volume "x": ....
 var opErr, opErrf = backends.OpErrors("loop")
+
+// lock checks name and takes its per-name lock for op: the start of every
+// call that reads a volume's state to change it.
+func (b *Backend) lock(ctx context.Context, op, name string) (unlock func(), err error) {
+	if err := checkName(name); err != nil {
+		return nil, opErr(op, name, err)
+	}
+	unlock, err = b.locks.Lock(ctx, name)
+	if err != nil {
+		return nil, opErr(op, name, err)
+	}
+	return unlock, nil
+}
