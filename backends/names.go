@@ -29,18 +29,25 @@ func CheckName(name string, maxLen int) error {
 	return nil
 }
 
-// OpErrors returns a backend's two error constructors: opErr(op, name, err)
-// wraps err as `<backend>: <op> volume "<name>": <err>`, and opErrf does
-// the same with a formatted cause (which may wrap with %w).
+// OpErrors returns a backend's two error constructors for volumes:
+// opErr(op, name, err) wraps err as `<backend>: <op> volume "<name>":
+// <err>`, and opErrf does the same with a formatted cause (which may wrap
+// with %w).
 func OpErrors(backend string) (
 	opErr func(op, name string, err error) error,
 	opErrf func(op, name, format string, args ...any) error,
 ) {
-	opErr = func(op, name string, err error) error {
-		return fmt.Errorf("%s: %s volume %q: %w", backend, op, name, err)
-	}
+	opErr = KindErrors(backend, "volume")
 	opErrf = func(op, name, format string, args ...any) error {
 		return opErr(op, name, fmt.Errorf(format, args...))
 	}
 	return opErr, opErrf
+}
+
+// KindErrors returns the error constructor of a backend for one kind of
+// object (volume, snapshot): `<backend>: <op> <kind> "<name>": <err>`.
+func KindErrors(backend, kind string) func(op, name string, err error) error {
+	return func(op, name string, err error) error {
+		return fmt.Errorf("%s: %s %s %q: %w", backend, op, kind, name, err)
+	}
 }

@@ -301,6 +301,4 @@ func toSnapshot(s *snapshots.Snapshot) backends.Snapshot {
 }
 
 // snapErr names the backend, the operation and the snapshot in an error.
-func snapErr(op, name string, err error) error {
-	return fmt.Errorf("cinder: %s snapshot %q: %w", op, name, err)
-}
+var snapErr = backends.KindErrors("cinder", "snapshot")

@@ -440,6 +440,4 @@ func (b *Backend) sweepSnapshots(log *slog.Logger) {
 }
 
 // snapErr names the backend, the operation and the snapshot in an error.
-func snapErr(op, name string, err error) error {
-	return fmt.Errorf("loop: %s snapshot %q: %w", op, name, err)
-}
+var snapErr = backends.KindErrors("loop", "snapshot")
