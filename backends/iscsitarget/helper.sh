@@ -87,6 +87,15 @@ remove)
 		sync -- "$(dirof "$f")"
 	done
 	;;
+grow)
+	# grow FILE SIZE: lengthen FILE to SIZE bytes (never shorten it),
+	# durably.
+	f=$1
+	[ -f "$f" ] || exit 3
+	[ "$(stat -c %s -- "$f")" -lt "$2" ] || exit 0
+	truncate -s "$2" -- "$f" || exit 5
+	sync -- "$f"
+	;;
 hold)
 	# hold LOCKFILE OWNER: run under flock(1). Records who holds the lock,
 	# says "locked", then holds it until standard input ends.
@@ -105,7 +114,7 @@ check)
 		[ -d "$d" ] || { echo "pool directory $d does not exist" >&2; exit 1; }
 		[ -w "$d" ] || { echo "pool directory $d is not writable" >&2; exit 1; }
 	done
-	for p in flock timeout truncate mktemp sync cat; do
+	for p in flock timeout truncate mktemp sync cat stat; do
 		command -v "$p" >/dev/null || { echo "$p is not installed" >&2; exit 1; }
 	done
 	;;
