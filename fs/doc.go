@@ -18,6 +18,7 @@ import (
 	"log/slog"
 
 	"github.com/blockvol/blockvol/hostexec"
+	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
 // Sentinel errors; test with errors.Is. An unmount refused because the
@@ -27,11 +28,21 @@ var (
 	// area or an ext4/xfs filesystem, so blockvol will not format it.
 	ErrForeignSignature = errors.New("foreign signature on device")
 	// ErrInvalidMountOption: a mount option outside the allowlist, or two
-	// options that contradict each other.
-	ErrInvalidMountOption = errors.New("invalid mount option")
+	// options that contradict each other. It is also sentinel.ErrInvalid.
+	ErrInvalidMountOption error = classError{"invalid mount option", sentinel.ErrInvalid}
 	// ErrReadOnly: the device is read-only and cannot be formatted.
 	ErrReadOnly = errors.New("device is read-only")
 )
+
+// classError is a sentinel of this package that belongs to a class of
+// internal/sentinel (errors.Is reports both).
+type classError struct {
+	msg   string
+	class error
+}
+
+func (e classError) Error() string { return e.msg }
+func (e classError) Unwrap() error { return e.class }
 
 // SupportedFSTypes are the filesystems Prepare can create.
 var SupportedFSTypes = []string{"ext4", "xfs"}

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
 func TestParseMountOptions(t *testing.T) {
@@ -103,5 +105,13 @@ func TestHugeMountOptionQuotedShort(t *testing.T) {
 	_, err := ParseMountOptions(strings.Repeat("Z", 10<<20))
 	if !errors.Is(err, ErrInvalidMountOption) || len(err.Error()) > 400 {
 		t.Fatalf("ParseMountOptions(10 MiB) = %.300v (%d bytes)", err, len(err.Error()))
+	}
+}
+
+// A refused mount option is of the invalid-request class as well.
+func TestInvalidMountOptionIsInvalid(t *testing.T) {
+	_, err := ParseMountOptions("exec")
+	if !errors.Is(err, ErrInvalidMountOption) || !errors.Is(err, sentinel.ErrInvalid) {
+		t.Fatalf("ParseMountOptions(exec) = %v; want ErrInvalidMountOption and sentinel.ErrInvalid", err)
 	}
 }
