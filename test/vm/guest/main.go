@@ -7,8 +7,8 @@
 //
 // Kernel parameters read:
 //
-//	vmtest.mode=test|bench   which scenario set (default test); agent: one
-//	                         agent of the multi-host tests (agent.go)
+//	vmtest.mode=test|bench|csi  which scenario set (default test); agent:
+//	                         one agent of the multi-host tests (agent.go)
 //	vmtest.run=REGEXP        only scenarios whose name matches
 //	vmtest.skip=REGEXP       not the scenarios whose name matches
 //	vmtest.benchn=N          iterations of the bench scenarios (default 5)
@@ -104,6 +104,8 @@ func runAll() int {
 		all = testScenarios()
 	case "bench":
 		all = benchScenarios(p.benchN)
+	case "csi":
+		all = csiScenarios()
 	default:
 		r.line("FAIL setup 0s unknown vmtest.mode %q", p.mode)
 		return 1
