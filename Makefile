@@ -77,6 +77,7 @@ bench:
 	$(GO) test -run '^$$' -bench 'CreateRun' -benchtime 10x -timeout 20m ./test/e2e/
 	$(GO) test -run '^$$' -bench 'PluginLoad10k' -benchtime 2000x -timeout 20m ./test/e2e/
 	$(GO) test -run '^$$' -bench 'VM' -benchtime 1x -timeout 15m ./test/vm/
+	$(GO) test -run '^$$' -bench 'MultiHost' -benchtime 1x -timeout 20m ./test/vm/
 	$(GO) test -run '^$$' -bench 'CloudCycle' -benchtime 5x -timeout 15m ./backends/cinder/
 	$(GO) test -run '^$$' -bench 'CloudCreateRemoveFloor' -benchtime 10x -timeout 15m ./backends/cinder/
 

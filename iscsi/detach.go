@@ -36,11 +36,35 @@ func (i *Initiator) Detach(ctx context.Context, t Target) error {
 	}
 	defer unlock()
 
+	own, others, err := i.lunDevices(t, portals)
+	if err != nil {
+		return err
+	}
+	keep, err := i.whyKeepSessions(t, own, others)
+	if err != nil {
+		return err
+	}
+	if keep != "" {
+		i.log.Info("keeping iSCSI sessions: another LUN of the target is in use",
+			"iqn", t.IQN, "lun", t.LUN, "reason", keep)
+		i.removeDevices(t, own)
+		i.held.remove(t.IQN, t.LUN)
+		return nil
+	}
+	if err := i.logoutAll(ctx, t, portals); err != nil {
+		return err
+	}
+	i.held.remove(t.IQN, t.LUN)
+	return nil
+}
+
+// lunDevices returns the disks of the target's sessions on portals: those
+// of LUN t.LUN, and the others.
+func (i *Initiator) lunDevices(t Target, portals []portal) (own, others []lunDevice, err error) {
 	sessions, err := i.targetSessions(t.IQN, portals)
 	if err != nil {
-		return fmt.Errorf("detach iSCSI LUN %d of %s: %w", t.LUN, t.IQN, err)
+		return nil, nil, fmt.Errorf("detach iSCSI LUN %d of %s: %w", t.LUN, t.IQN, err)
 	}
-	var own, others []lunDevice
 	for _, s := range sessions {
 		for _, d := range i.devices(s) {
 			if d.lun == t.LUN {
@@ -50,44 +74,44 @@ func (i *Initiator) Detach(ctx context.Context, t Target) error {
 			}
 		}
 	}
+	return own, others, nil
+}
 
-	keep := ""
+// whyKeepSessions returns why the target's sessions must stay after LUN
+// t.LUN is detached ("" when they can go), or an error when LUN t.LUN is
+// still in use or its use cannot be told.
+func (i *Initiator) whyKeepSessions(t Target, own, others []lunDevice) (string, error) {
 	if len(own)+len(others) > 0 {
 		mounts, err := mounttable.Read(i.cfg.MountInfoPath)
 		if err != nil {
 			// Without the mount table nothing can be said about use: do
 			// not log out blindly.
-			return fmt.Errorf("detach iSCSI LUN %d of %s: cannot tell whether the target's LUNs are in use: %w", t.LUN, t.IQN, err)
+			return "", fmt.Errorf("detach iSCSI LUN %d of %s: cannot tell whether the target's LUNs are in use: %w", t.LUN, t.IQN, err)
 		}
 		u := usage{i: i, mounts: mounts}
 		for _, d := range own {
 			if why := u.whyBusy(d.name); why != "" {
-				return fmt.Errorf("iSCSI LUN %d of %s is still in use (%s); unmount it before detaching: %w", t.LUN, t.IQN, why, sentinel.ErrInUse)
+				return "", fmt.Errorf("iSCSI LUN %d of %s is still in use (%s); unmount it before detaching: %w", t.LUN, t.IQN, why, sentinel.ErrInUse)
 			}
 		}
 		for _, d := range others {
 			if why := u.whyBusy(d.name); why != "" {
-				keep = fmt.Sprintf("LUN %d (%s) is in use: %s", d.lun, d.name, why)
-				break
+				return fmt.Sprintf("LUN %d (%s) is in use: %s", d.lun, d.name, why), nil
 			}
 		}
 	}
-	if keep == "" {
-		if l := i.held.other(t.IQN, t.LUN); l >= 0 {
-			keep = fmt.Sprintf("LUN %d was attached by this process and not detached yet", l)
-		}
+	if l := i.held.other(t.IQN, t.LUN); l >= 0 {
+		return fmt.Sprintf("LUN %d was attached by this process and not detached yet", l), nil
 	}
-	if keep == "" && i.cfg.TargetInUse != nil && i.cfg.TargetInUse(t.IQN, t.LUN) {
-		keep = "the caller has another LUN of the target attached"
+	if i.cfg.TargetInUse != nil && i.cfg.TargetInUse(t.IQN, t.LUN) {
+		return "the caller has another LUN of the target attached", nil
 	}
-	if keep != "" {
-		i.log.Info("keeping iSCSI sessions: another LUN of the target is in use",
-			"iqn", t.IQN, "lun", t.LUN, "reason", keep)
-		i.removeDevices(t, own)
-		i.held.remove(t.IQN, t.LUN)
-		return nil
-	}
+	return "", nil
+}
 
+// logoutAll logs out of the target on every portal and deletes its node
+// records; a portal without session is no error.
+func (i *Initiator) logoutAll(ctx context.Context, t Target, portals []portal) error {
 	var errs []error
 	for _, p := range portals {
 		lt := i.cfg.LogoutTimeout
@@ -109,7 +133,6 @@ func (i *Initiator) Detach(ctx context.Context, t Target) error {
 	if len(errs) > 0 {
 		return errorsJoin(errs)
 	}
-	i.held.remove(t.IQN, t.LUN)
 	return nil
 }
 

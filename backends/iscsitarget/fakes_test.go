@@ -147,8 +147,10 @@ func (w tWriter) Write(p []byte) (int, error) {
 // lockCall is the lock holder of op on vol, answering "locked".
 func lockCall(op, vol string) hostexec.Call {
 	owner := fmt.Sprintf("host node1 pid %d: %s volume %s since 2024-01-02T03:04:05Z", testPID, op, vol)
-	argv := append([]string{"flock", "-w", "30", "-E", "75", "--", lockPath, "timeout", "120"},
-		helperArgv("hold", lockPath, owner)...)
+	lock := lockPath + "." + vol
+	argv := append([]string{"flock", "-s", "-w", "30", "-E", "75", "--", lockPath,
+		"flock", "-w", "30", "-E", "75", "--", lock, "timeout", "120"},
+		helperArgv("hold", lock, owner)...)
 	return hostexec.Call{Argv: argv, Stdout: "locked\n"}
 }
 

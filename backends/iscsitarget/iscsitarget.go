@@ -53,7 +53,8 @@
 //
 // # Locking
 //
-// See lock.go: one flock(1) on the target host, held by a long-running
+// See lock.go: one flock(1) per volume on the target host (volumes never
+// wait for each other), held by a long-running
 // holder program for the duration of each change, released by the kernel
 // when the holder exits — when the agent releases it, dies, or after 2
 // minutes at most. Reads (Get, List) take no lock: records are replaced
@@ -76,6 +77,7 @@ import (
 	"time"
 
 	"github.com/blockvol/blockvol/backends"
+	"github.com/blockvol/blockvol/internal/keyedlock"
 	"github.com/blockvol/blockvol/internal/sentinel"
 	"github.com/blockvol/blockvol/iscsi"
 )
@@ -133,14 +135,15 @@ type Backend struct {
 	preempt     bool
 	hostName    string
 
-	lockFile  string
-	lockWait  time.Duration
-	lockHold  time.Duration
-	localLock chan struct{} // this process's turn at the lock
-	holderMu  sync.Mutex
-	holder    string // the owner of the lock in this process
-	pid       int
-	now       func() time.Time
+	lockFile   string
+	lockWait   time.Duration
+	lockHold   time.Duration
+	localLocks keyedlock.Map // this process's turn at each volume's lock
+	holderMu   sync.Mutex
+	holders    map[string]string // volume -> owner of its lock in this process
+	heldLocks  chan struct{}     // one token per lock held (maxHeldLocks)
+	pid        int
+	now        func() time.Time
 }
 
 var (
@@ -205,7 +208,8 @@ func New(cfg Config, host Host, init backends.Initiator, log *slog.Logger) (*Bac
 		lockFile:    pools[cfg.DefaultPool] + "/" + lockFileName,
 		lockWait:    cfg.LockTimeout,
 		lockHold:    defaultLockHold,
-		localLock:   make(chan struct{}, 1),
+		holders:     map[string]string{},
+		heldLocks:   make(chan struct{}, maxHeldLocks),
 		pid:         os.Getpid(),
 		now:         time.Now,
 	}
@@ -223,125 +227,172 @@ func (b *Backend) Scope() string { return backends.ScopeGlobal }
 func (b *Backend) Create(ctx context.Context, req backends.CreateRequest) (backends.Volume, error) {
 	const op = "create"
 	name := req.Name
-	if err := checkName(name); err != nil {
+	pool, dir, err := b.checkCreate(req)
+	if err != nil {
 		return backends.Volume{}, opErr(op, name, err)
-	}
-	pool := req.VolumeType
-	if pool == "" {
-		pool = b.defaultPool
-	}
-	dir, ok := b.pools[pool]
-	switch {
-	case !ok:
-		return backends.Volume{}, opErrf(op, name, "volume type %q is not one of this backend's pools (%s): %w", req.VolumeType, strings.Join(b.poolTypes, ", "), sentinel.ErrInvalid)
-	case req.IOPS != 0:
-		return backends.Volume{}, opErrf(op, name, "the iscsitarget backend does not support option IOPS (%d): %w", req.IOPS, sentinel.ErrInvalid)
-	case req.AvailabilityZone != "":
-		return backends.Volume{}, opErrf(op, name, "the iscsitarget backend does not support option availability zone (%q): %w", req.AvailabilityZone, sentinel.ErrInvalid)
-	case req.SizeBytes <= 0:
-		return backends.Volume{}, opErrf(op, name, "size %d: must be positive: %w", req.SizeBytes, sentinel.ErrInvalid)
-	case req.SizeBytes%sectorSize != 0:
-		return backends.Volume{}, opErrf(op, name, "size %d: must be a multiple of %d bytes: %w", req.SizeBytes, sectorSize, sentinel.ErrInvalid)
 	}
 	iqn, err := iqnFor(b.iqnPrefix, name)
 	if err != nil {
 		return backends.Volume{}, opErr(op, name, err)
 	}
 	log := b.log.With(slog.String("volume", name), slog.String("op", op))
-	img := b.imagePath(dir, name)
 	r := &record{Name: name, SizeBytes: req.SizeBytes, Type: pool, IQN: iqn, Meta: maps.Clone(req.Meta)}
 	var e *export
 	err = b.withLock(ctx, op, name, func(ctx context.Context) error {
-		all, err := b.scan(ctx, name)
+		exports, err := b.clearName(ctx, log, name, iqn)
 		if err != nil {
 			return err
 		}
-		f := all[name]
-		if f == nil {
-			f = &found{name: name}
-		}
-		switch {
-		case f.volume():
-			return sentinel.ErrExists
-		case f.recErr != nil:
-			return fmt.Errorf("an unreadable record is in the way (%w); repair or remove it on the target host", f.recErr)
-		case f.rec != nil:
-			// A record whose backing file is gone: never made by this
-			// code (see the package comment). The name is free.
-			log.Warn("replacing a record whose backing file is missing", slog.String("record", b.recordPath(f.recDir, name)))
-			if err := b.removeFiles(ctx, b.recordPath(f.recDir, name)); err != nil {
-				return err
-			}
-		}
-		exports, err := b.sw.list(ctx)
-		if err != nil {
-			return err
-		}
-		if old := exports[iqn]; old != nil {
-			// A target of an interrupted Create or Remove of this
-			// name, or someone else's target with our IQN.
-			ours := old.file == ""
-			for _, d := range f.images {
-				ours = ours || old.file == b.imagePath(d, name)
-			}
-			switch {
-			case !ours:
-				return fmt.Errorf("iSCSI target %s already exists on the target host, exporting %s: %w", iqn, old.file, sentinel.ErrExists)
-			case len(old.sessions) > 0:
-				return fmt.Errorf("a leftover iSCSI target %s of an interrupted operation still has initiator %s logged in: %w", iqn, strings.Join(old.connected(), ", "), sentinel.ErrInUse)
-			}
-			log.Warn("removing leftover iSCSI target of an interrupted operation", slog.String("target", iqn))
-			if err := b.sw.unexport(ctx, old); err != nil {
-				return err
-			}
-			delete(exports, iqn)
-		}
-		if len(f.images) > 0 {
-			var leftovers []string
-			for _, d := range f.images {
-				leftovers = append(leftovers, b.imagePath(d, name))
-			}
-			log.Warn("removing leftover backing files of an interrupted operation", slog.Any("files", leftovers))
-			if err := b.removeFiles(ctx, leftovers...); err != nil {
-				return err
-			}
-		}
-		if err := b.createImage(ctx, img, req.SizeBytes); err != nil {
-			return err
-		}
-		fail := func(err error, files ...string) error {
-			uctx := context.WithoutCancel(ctx)
-			if e != nil {
-				if uerr := b.sw.unexport(uctx, e); uerr != nil {
-					log.Error("cannot delete the target of a failed create", slog.String("target", iqn), slog.Any("error", uerr))
-				}
-			}
-			if rerr := b.removeFiles(uctx, files...); rerr != nil {
-				log.Error("cannot remove the files of a failed create", slog.Any("error", rerr))
-			}
-			return err
-		}
-		if e, err = b.sw.export(ctx, exports, iqn, img); err != nil {
-			return fail(err, img)
-		}
-		if b.chap != nil {
-			if err := b.sw.bindAccount(ctx, e, b.chap.Username, b.chap.Password); err != nil {
-				return fail(err, img)
-			}
-		}
-		r.CreatedAt = b.now().UTC()
-		if err := b.writeRecord(ctx, dir, r); err != nil {
-			// The rename may have happened before the failure: take the
-			// record away first, then the backing file.
-			return fail(err, b.recordPath(dir, name), img)
-		}
-		return nil
+		e, err = b.makeVolume(ctx, log, exports, dir, r)
+		return err
 	})
 	if err != nil {
 		return backends.Volume{}, opErr(op, name, err)
 	}
+	img := b.imagePath(dir, name)
 	log.Info("volume created", slog.Int64("size_bytes", r.SizeBytes), slog.String("file", img), slog.String("target", iqn))
 	return b.volume(&found{name: name, rec: r, recDir: dir, images: []string{dir}}, e, nil), nil
+}
+
+// checkCreate validates a Create request and returns its pool and the
+// pool's directory.
+func (b *Backend) checkCreate(req backends.CreateRequest) (pool, dir string, err error) {
+	if err := checkName(req.Name); err != nil {
+		return "", "", err
+	}
+	pool = req.VolumeType
+	if pool == "" {
+		pool = b.defaultPool
+	}
+	dir, ok := b.pools[pool]
+	switch {
+	case !ok:
+		return "", "", fmt.Errorf("volume type %q is not one of this backend's pools (%s): %w", req.VolumeType, strings.Join(b.poolTypes, ", "), sentinel.ErrInvalid)
+	case req.IOPS != 0:
+		return "", "", fmt.Errorf("the iscsitarget backend does not support option IOPS (%d): %w", req.IOPS, sentinel.ErrInvalid)
+	case req.AvailabilityZone != "":
+		return "", "", fmt.Errorf("the iscsitarget backend does not support option availability zone (%q): %w", req.AvailabilityZone, sentinel.ErrInvalid)
+	case req.SizeBytes <= 0:
+		return "", "", fmt.Errorf("size %d: must be positive: %w", req.SizeBytes, sentinel.ErrInvalid)
+	case req.SizeBytes%sectorSize != 0:
+		return "", "", fmt.Errorf("size %d: must be a multiple of %d bytes: %w", req.SizeBytes, sectorSize, sentinel.ErrInvalid)
+	}
+	return pool, dir, nil
+}
+
+// clearName makes name free for a new volume, under its lock: an existing
+// volume is ErrExists; debris of an interrupted Create or Remove (a record
+// without backing file, a target of ours nobody uses, backing files
+// without record) is removed. It returns the targets as tgtd lists them.
+func (b *Backend) clearName(ctx context.Context, log *slog.Logger, name, iqn string) (map[string]*export, error) {
+	all, err := b.scan(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	f := all[name]
+	if f == nil {
+		f = &found{name: name}
+	}
+	switch {
+	case f.volume():
+		return nil, sentinel.ErrExists
+	case f.recErr != nil:
+		return nil, fmt.Errorf("an unreadable record is in the way (%w); repair or remove it on the target host", f.recErr)
+	case f.rec != nil:
+		// A record whose backing file is gone: never made by this
+		// code (see the package comment). The name is free.
+		log.Warn("replacing a record whose backing file is missing", slog.String("record", b.recordPath(f.recDir, name)))
+		if err := b.removeFiles(ctx, b.recordPath(f.recDir, name)); err != nil {
+			return nil, err
+		}
+	}
+	exports, err := b.sw.list(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.clearTarget(ctx, log, exports, f, iqn); err != nil {
+		return nil, err
+	}
+	if len(f.images) > 0 {
+		var leftovers []string
+		for _, d := range f.images {
+			leftovers = append(leftovers, b.imagePath(d, name))
+		}
+		log.Warn("removing leftover backing files of an interrupted operation", slog.Any("files", leftovers))
+		if err := b.removeFiles(ctx, leftovers...); err != nil {
+			return nil, err
+		}
+	}
+	return exports, nil
+}
+
+// clearTarget removes a target named iqn left by an interrupted Create or
+// Remove of f's name; someone else's target of that name, or one with an
+// initiator logged in, is an error. exports is updated.
+func (b *Backend) clearTarget(ctx context.Context, log *slog.Logger, exports map[string]*export, f *found, iqn string) error {
+	old := exports[iqn]
+	if old == nil {
+		return nil
+	}
+	ours := old.file == ""
+	for _, d := range f.images {
+		ours = ours || old.file == b.imagePath(d, f.name)
+	}
+	switch {
+	case !ours:
+		return fmt.Errorf("iSCSI target %s already exists on the target host, exporting %s: %w", iqn, old.file, sentinel.ErrExists)
+	case len(old.sessions) > 0:
+		return fmt.Errorf("a leftover iSCSI target %s of an interrupted operation still has initiator %s logged in: %w", iqn, strings.Join(old.connected(), ", "), sentinel.ErrInUse)
+	}
+	log.Warn("removing leftover iSCSI target of an interrupted operation", slog.String("target", iqn))
+	if err := b.sw.unexport(ctx, old); err != nil {
+		return err
+	}
+	delete(exports, iqn)
+	return nil
+}
+
+// makeVolume makes volume r in dir, under its lock: backing file, target
+// (with the CHAP account bound), then the record, which commits it. On
+// failure what was made is undone.
+func (b *Backend) makeVolume(ctx context.Context, log *slog.Logger, exports map[string]*export, dir string, r *record) (*export, error) {
+	img := b.imagePath(dir, r.Name)
+	if err := b.createImage(ctx, img, r.SizeBytes); err != nil {
+		return nil, err
+	}
+	e, err := b.sw.export(ctx, exports, r.IQN, img)
+	if err != nil {
+		b.undoCreate(ctx, log, nil, img)
+		return nil, err
+	}
+	if b.chap != nil {
+		if err := b.sw.bindAccount(ctx, e, b.chap.Username, b.chap.Password); err != nil {
+			b.undoCreate(ctx, log, e, img)
+			return nil, err
+		}
+	}
+	r.CreatedAt = b.now().UTC()
+	if err := b.writeRecord(ctx, dir, r); err != nil {
+		// The rename may have happened before the failure: take the
+		// record away first, then the backing file.
+		b.undoCreate(ctx, log, e, b.recordPath(dir, r.Name), img)
+		return nil, err
+	}
+	return e, nil
+}
+
+// undoCreate deletes target e (if any) and files of a failed Create, even
+// when ctx has ended. Failures are logged: the Create has failed already.
+func (b *Backend) undoCreate(ctx context.Context, log *slog.Logger, e *export, files ...string) {
+	uctx := context.WithoutCancel(ctx)
+	if e != nil {
+		if err := b.sw.unexport(uctx, e); err != nil {
+			log.Error("cannot delete the target of a failed create", slog.String("target", e.iqn), slog.Any("error", err))
+		}
+	}
+	if err := b.removeFiles(uctx, files...); err != nil {
+		log.Error("cannot remove the files of a failed create", slog.Any("error", err))
+	}
 }
 
 // Get implements backends.Backend. It changes nothing: a volume whose

@@ -621,12 +621,50 @@ func TestLockHeldTooLongNamesTheHolder(t *testing.T) {
 	busy.Stdout, busy.Code, busy.Stderr = "", 75, ""
 	e := newEnv(t, nil,
 		busy,
-		hostexec.Call{Argv: helperArgv("owner", lockPath), Stdout: "host node2 pid 77: attach volume v9 since 2024-01-02T03:00:00Z\n"},
+		hostexec.Call{Argv: helperArgv("owner", lockPath+".v1"), Stdout: "host node2 pid 77: attach volume v1 since 2024-01-02T03:00:00Z\n"},
 	)
 	err := e.b.Remove(ctx, "v1")
-	if err == nil || !strings.Contains(err.Error(), "lock /srv/pool/.blockvol.lock is still held after 30s (holder: host node2 pid 77: attach volume v9 since 2024-01-02T03:00:00Z)") {
+	if err == nil || !strings.Contains(err.Error(), "lock /srv/pool/.blockvol.lock.v1 is still held after 30s (holder: host node2 pid 77: attach volume v1 since 2024-01-02T03:00:00Z)") {
 		t.Fatalf("Remove = %v", err)
 	}
+}
+
+// An agent of an earlier version holds the one lock of every volume: its
+// owner is named.
+func TestLockHeldByAnEarlierVersionNamesIt(t *testing.T) {
+	busy := lockCall("remove", "v1")
+	busy.Stdout, busy.Code, busy.Stderr = "", 75, ""
+	e := newEnv(t, nil,
+		busy,
+		hostexec.Call{Argv: helperArgv("owner", lockPath+".v1")},
+		hostexec.Call{Argv: helperArgv("owner", lockPath), Stdout: "host old pid 9: attach volume v3 since 2024-01-02T03:00:00Z\n"},
+	)
+	err := e.b.Remove(ctx, "v1")
+	if err == nil || !strings.Contains(err.Error(), "(holder: host old pid 9: attach volume v3 since 2024-01-02T03:00:00Z)") {
+		t.Fatalf("Remove = %v", err)
+	}
+}
+
+// Different volumes never wait for each other, in this process: a second
+// volume's lock is taken while the first one's is held.
+func TestLockOfAnotherVolumeDoesNotWait(t *testing.T) {
+	e := newEnv(t, nil, lockCall("attach", "v1"), lockCall("remove", "v2"))
+	held, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = e.b.withLock(ctx, "attach", "v1", func(context.Context) error {
+			close(held)
+			<-done
+			return nil
+		})
+	}()
+	<-held
+	ran := false
+	if err := e.b.withLock(ctx, "remove", "v2", func(context.Context) error { ran = true; return nil }); err != nil || !ran {
+		t.Fatalf("withLock of v2 while v1's is held = %v (ran %v)", err, ran)
+	}
+	done <- struct{}{}
+	<-done
 }
 
 func TestLockTakesTurnsWithinTheProcess(t *testing.T) {
@@ -643,7 +681,7 @@ func TestLockTakesTurnsWithinTheProcess(t *testing.T) {
 	}()
 	<-held
 	e.b.lockWait = 200 * time.Millisecond
-	err := e.b.withLock(ctx, "remove", "v2", func(context.Context) error { return nil })
+	err := e.b.withLock(ctx, "remove", "v1", func(context.Context) error { return nil })
 	if err == nil || !strings.Contains(err.Error(), "still held after 200ms by this host (host node1 pid 4242: attach volume v1 since 2024-01-02T03:04:05Z)") {
 		t.Fatalf("withLock = %v", err)
 	}
@@ -664,11 +702,11 @@ func TestLockWaitEndsBeforeTheCallsDeadline(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "take the target host's lock") {
 		t.Fatalf("withLock with the lock refused = %v", err)
 	}
-	if len(rec.args) < 2 || rec.args[0] != "-w" {
+	if len(rec.args) < 10 || rec.args[1] != "-w" || rec.args[8] != "-w" {
 		t.Fatalf("the lock was never asked for with a wait: %q", rec.args)
 	}
-	if rec.args[1] != "4" {
-		t.Errorf("lock wait %q; want 4s (a second short of the call's 5s)", rec.args[1])
+	if rec.args[2] != "4" || rec.args[9] != "4" {
+		t.Errorf("lock waits %q and %q; want 4s (a second short of the call's 5s)", rec.args[2], rec.args[9])
 	}
 }
 

@@ -195,6 +195,10 @@ func parseTgtShow(out string) (map[string]*export, error) {
 // export creates target iqn with LUN 1 backed by file, allowing no
 // initiator. current is the latest list, to which export adds the new
 // target. A failure leaves no target behind.
+// maxExportAttempts bounds the retries of an export whose target id was
+// taken by another export between listing and creating.
+const maxExportAttempts = 10
+
 func (t *tgt) export(ctx context.Context, current map[string]*export, iqn, file string) (*export, error) {
 	for attempt := 0; ; attempt++ {
 		tid := 1
@@ -202,9 +206,10 @@ func (t *tgt) export(ctx context.Context, current map[string]*export, iqn, file 
 			tid = max(tid, e.tid+1)
 		}
 		_, err := t.run(ctx, "--mode", "target", "--op", "new", "--tid", strconv.Itoa(tid), "--targetname", iqn)
-		if tgtErr(err) == tgtTargetExists && attempt < 2 {
-			// Someone else (not blockvol: we hold the lock) took the
-			// tid meanwhile, or tgtd was restarted: look again.
+		if tgtErr(err) == tgtTargetExists && attempt < maxExportAttempts {
+			// Another volume's export (each volume has its own lock),
+			// someone else, or a restarted tgtd took the tid
+			// meanwhile: look again.
 			if current, err = t.list(ctx); err != nil {
 				return nil, err
 			}
