@@ -106,7 +106,7 @@ func (d *Core) Remove(ctx context.Context, name string) (err error) {
 
 	if r, ok := d.recs.get(name); ok {
 		if len(r.Users) > 0 {
-			return &userError{kind: sentinel.ErrInUse, msg: fmt.Sprintf("volume %s is in use by %d mount(s) on this host; stop the containers using it first", quote.Short(name), len(r.Users))}
+			return &userError{kind: sentinel.ErrInUse, msg: fmt.Sprintf("volume %s is in use by %d mount(s) on this host; stop the containers using it (and unpublish and unstage its CSI targets) first", quote.Short(name), len(r.Users))}
 		}
 		// A teardown that failed earlier: finish it before removing.
 		if err := d.teardown(ctx, log, r); err != nil {
