@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"github.com/blockvol/blockvol/internal/quote"
 
@@ -229,10 +230,7 @@ func (d *Core) prepareAndMount(ctx context.Context, log *slog.Logger, r record, 
 		log.Warn("overwritefs=true: an existing ext4/xfs filesystem on the volume will be wiped (first mount after create only)")
 	}
 	fresh := meta[metaFreshKey] == "true"
-	if fresh && !pending {
-		log.Info("first use of a fresh volume: a filesystem found on it is debris of an interrupted first use and is made again")
-	}
-	fsType, formatted, err := d.cfg.FS.Prepare(ctx, r.Device, opts.FSType, pending || fresh)
+	fsType, formatted, err := d.cfg.FS.Prepare(ctx, r.Device, opts.FSType, pending)
 	if err != nil {
 		return err
 	}
@@ -250,11 +248,19 @@ func (d *Core) prepareAndMount(ctx context.Context, log *slog.Logger, r record, 
 	if meta, err = d.finishClone(ctx, r, meta, true); err != nil {
 		return err
 	}
-	if formatted {
+	if formatted || fresh {
 		// A fresh volume is handed over empty: images such as postgres
 		// refuse a data directory that holds lost+found (e2fsck makes it
-		// again when it needs it).
-		if err := os.Remove(filepath.Join(r.Mountpoint, "lost+found")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		// again when it needs it). A volume never handed out whose first
+		// use was interrupted after its mkfs (kill -9) is finished here
+		// the same way; a lost+found that holds something is not ours to
+		// remove.
+		err := os.Remove(filepath.Join(r.Mountpoint, "lost+found"))
+		switch {
+		case err == nil, errors.Is(err, os.ErrNotExist):
+		case !formatted && errors.Is(err, syscall.ENOTEMPTY):
+			log.Warn("the fresh volume's lost+found is not empty; left as it is")
+		default:
 			return fmt.Errorf("empty the fresh filesystem: %w", err)
 		}
 	}

@@ -232,10 +232,11 @@ const metaOptionsKey = "blockvol.options"
 const metaOverwritePendingKey = "blockvol.overwrite-pending"
 
 // metaFreshKey is "true" from Create until a first use has handed the
-// volume out (mounted, emptied): until then nothing on the volume is a
-// user's, and whatever filesystem a first use interrupted by kill -9 left
-// (a mkfs that finished after its plugin died, say) is made again from
-// scratch, so that a fresh volume is always handed out empty.
+// volume out (mounted, emptied): a first use interrupted by kill -9 after
+// its mkfs left a filesystem with lost+found, and the next first use
+// finishes it the same way (removes lost+found), so that a fresh volume is
+// always handed out empty. A filesystem found is never formatted over
+// (without overwritefs).
 const metaFreshKey = "blockvol.fresh"
 
 func encodeMeta(o Options) map[string]string {
