@@ -87,6 +87,35 @@ remove)
 		sync -- "$(dirof "$f")"
 	done
 	;;
+copy)
+	# copy SRC DST SIZE: DST (new) a copy of SRC, sharing its blocks where
+	# the file system can (reflink), else keeping its holes, then SIZE
+	# bytes long (never shorter than SRC), durably.
+	[ -f "$1" ] || exit 3
+	d=$(dirof "$2")
+	mkdir -p -- "$d"
+	[ ! -e "$2" ] || exit 4
+	(set -C && : >"$2") 2>/dev/null || exit 4
+	if ! cp --reflink=auto --sparse=always -- "$1" "$2"; then
+		rm -f -- "$2"
+		exit 1
+	fi
+	if [ "$(stat -c %s -- "$2")" -lt "$3" ] && ! truncate -s "$3" -- "$2"; then
+		rm -f -- "$2"
+		exit 5
+	fi
+	sync -- "$2" "$d"
+	;;
+snapscan)
+	# snapscan DIR...: the snapshot records in each DIR (missing ones are
+	# empty): record NUL dir NUL name NUL <content> NUL, image ... as scan.
+	for d in "$@"; do
+		[ -d "$d" ] || continue
+		for f in "$d"/*.json "$d"/*.img; do
+			emit "$d" "$f"
+		done
+	done
+	;;
 grow)
 	# grow FILE SIZE: lengthen FILE to SIZE bytes (never shorten it),
 	# durably.
@@ -114,7 +143,7 @@ check)
 		[ -d "$d" ] || { echo "pool directory $d does not exist" >&2; exit 1; }
 		[ -w "$d" ] || { echo "pool directory $d is not writable" >&2; exit 1; }
 	done
-	for p in flock timeout truncate mktemp sync cat stat; do
+	for p in flock timeout truncate mktemp sync cat stat cp; do
 		command -v "$p" >/dev/null || { echo "$p is not installed" >&2; exit 1; }
 	done
 	;;

@@ -225,6 +225,14 @@ func (b *Backend) Scope() string { return backends.ScopeGlobal }
 
 // Create implements backends.Backend.
 func (b *Backend) Create(ctx context.Context, req backends.CreateRequest) (backends.Volume, error) {
+	return b.create(ctx, req, func(ctx context.Context, img string) error {
+		return b.createImage(ctx, img, req.SizeBytes)
+	})
+}
+
+// create makes a volume whose backing file makeImage makes (new, at img,
+// req.SizeBytes long), under the target host's lock.
+func (b *Backend) create(ctx context.Context, req backends.CreateRequest, makeImage func(ctx context.Context, img string) error) (backends.Volume, error) {
 	const op = "create"
 	name := req.Name
 	pool, dir, err := b.checkCreate(req)
@@ -243,7 +251,7 @@ func (b *Backend) Create(ctx context.Context, req backends.CreateRequest) (backe
 		if err != nil {
 			return err
 		}
-		e, err = b.makeVolume(ctx, log, exports, dir, r)
+		e, err = b.makeVolume(ctx, log, exports, dir, r, makeImage)
 		return err
 	})
 	if err != nil {
@@ -355,9 +363,9 @@ func (b *Backend) clearTarget(ctx context.Context, log *slog.Logger, exports map
 // makeVolume makes volume r in dir, under its lock: backing file, target
 // (with the CHAP account bound), then the record, which commits it. On
 // failure what was made is undone.
-func (b *Backend) makeVolume(ctx context.Context, log *slog.Logger, exports map[string]*export, dir string, r *record) (*export, error) {
+func (b *Backend) makeVolume(ctx context.Context, log *slog.Logger, exports map[string]*export, dir string, r *record, makeImage func(ctx context.Context, img string) error) (*export, error) {
 	img := b.imagePath(dir, r.Name)
-	if err := b.createImage(ctx, img, r.SizeBytes); err != nil {
+	if err := makeImage(ctx, img); err != nil {
 		return nil, err
 	}
 	e, err := b.sw.export(ctx, exports, r.IQN, img)

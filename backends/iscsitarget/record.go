@@ -85,24 +85,44 @@ func (f *found) volume() bool {
 	return f.rec != nil && slices.Contains(f.images, f.recDir)
 }
 
+// helperItem is one entry of the helper's scan and snapscan output.
+type helperItem struct {
+	kind, dir, name string
+	content         []byte
+}
+
+// helperItems runs the helper's op and splits its NUL-separated output
+// into items of four fields (see helper.sh's emit).
+func (b *Backend) helperItems(ctx context.Context, op string, args ...string) ([]helperItem, error) {
+	out, err := b.helper(ctx, op, args...)
+	if err != nil {
+		return nil, err
+	}
+	fields := bytes.Split(out, []byte{0})
+	if len(fields)%4 != 1 || len(fields[len(fields)-1]) != 0 {
+		return nil, fmt.Errorf("malformed helper output (%d bytes)", len(out))
+	}
+	items := make([]helperItem, 0, len(fields)/4)
+	for i := 0; i+4 <= len(fields); i += 4 {
+		items = append(items, helperItem{string(fields[i]), string(fields[i+1]), string(fields[i+2]), fields[i+3]})
+	}
+	return items, nil
+}
+
 // scan reads the records and backing files of volume name ("" = every
 // volume) in every pool directory with one helper run. A pool directory
 // that does not exist is an error: it may be a file system that failed to
 // mount on the target host, and its volumes must not be reported missing.
 func (b *Backend) scan(ctx context.Context, name string) (map[string]*found, error) {
 	args := append([]string{name}, b.poolDirs()...)
-	out, err := b.helper(ctx, "scan", args...)
+	items, err := b.helperItems(ctx, "scan", args...)
 	if err != nil {
 		return nil, fmt.Errorf("read volume records on the target host: %w", err)
 	}
-	fields := bytes.Split(out, []byte{0})
-	if len(fields)%4 != 1 || len(fields[len(fields)-1]) != 0 {
-		return nil, fmt.Errorf("read volume records on the target host: malformed helper output (%d bytes)", len(out))
-	}
 	all := map[string]*found{}
 	var missing []string
-	for i := 0; i+4 <= len(fields); i += 4 {
-		kind, dir, n, content := string(fields[i]), string(fields[i+1]), string(fields[i+2]), fields[i+3]
+	for _, it := range items {
+		kind, dir, n, content := it.kind, it.dir, it.name, it.content
 		if kind == "missing" {
 			missing = append(missing, dir)
 			continue
