@@ -360,7 +360,8 @@ func (b *Backend) clearTarget(ctx context.Context, log *slog.Logger, exports map
 	return nil
 }
 
-// makeVolume makes volume r in dir, under its lock: backing file, target
+// makeVolume makes volume r in dir, under its lock: backing file (by
+// makeImage), target
 // (with the CHAP account bound), then the record, which commits it. On
 // failure what was made is undone.
 func (b *Backend) makeVolume(ctx context.Context, log *slog.Logger, exports map[string]*export, dir string, r *record, makeImage func(ctx context.Context, img string) error) (*export, error) {
