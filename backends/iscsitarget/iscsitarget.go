@@ -361,9 +361,8 @@ func (b *Backend) clearTarget(ctx context.Context, log *slog.Logger, exports map
 }
 
 // makeVolume makes volume r in dir, under its lock: backing file (by
-// makeImage), target
-// (with the CHAP account bound), then the record, which commits it. On
-// failure what was made is undone.
+// makeImage), target (with the CHAP account bound), then the record,
+// which commits it. On failure what was made is undone.
 func (b *Backend) makeVolume(ctx context.Context, log *slog.Logger, exports map[string]*export, dir string, r *record, makeImage func(ctx context.Context, img string) error) (*export, error) {
 	img := b.imagePath(dir, r.Name)
 	if err := makeImage(ctx, img); err != nil {
