@@ -152,6 +152,9 @@ func describe(info volumes.Info) map[string]any {
 		if info.Options.VolumeType != "" {
 			status["volumetype"] = info.Options.VolumeType
 		}
+		if info.Options.From != "" {
+			status["from"] = info.Options.From // a clone's source
+		}
 	}
 	return status
 }

@@ -189,6 +189,9 @@ func TestCloneFirstMount(t *testing.T) {
 	if err := h.d.Create(&volume.CreateRequest{Name: "c", Options: map[string]string{"from": "s", "size": "2G"}}); err != nil {
 		t.Fatal(err)
 	}
+	if v, err := h.d.Get(&volume.GetRequest{Name: "c"}); err != nil || v.Volume.Status["from"] != "s" || v.Volume.Status["size"] != "2 GiB" {
+		t.Fatalf("inspect of the clone = %+v, %v", v.Volume, err)
+	}
 	// The fake attaches each time on a new device; both hold the copy.
 	d1, d2 := "/dev/fake1", "/dev/fake2"
 	fs.fsOn[d1], fs.fsOn[d2] = "ext4", "ext4"
