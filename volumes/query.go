@@ -118,7 +118,7 @@ func (d *Core) List(ctx context.Context) (_ []Info, err error) {
 	locals := d.recs.locals()
 	out := []Info{}
 	var failures []error
-	changed := false
+	var changed uint64 // the latest generation of the seen set that List changed
 	for _, bn := range d.cfg.Defaults.Backends {
 		vols, err := d.cfg.Backends[bn].List(ctx)
 		if err != nil {
@@ -127,12 +127,12 @@ func (d *Core) List(ctx context.Context) (_ []Info, err error) {
 			continue
 		}
 		for _, v := range vols {
-			changed = d.seen.set(v.Name, bn) || changed
+			changed = max(changed, d.seen.set(v.Name, bn))
 			out = append(out, Info{Name: v.Name, Backend: bn, SizeBytes: v.SizeBytes, CreatedAt: v.CreatedAt, Status: v.Status, Local: locals[v.Name]})
 		}
 	}
-	if changed {
-		d.seen.save() // once, however many volumes were new
+	if changed != 0 {
+		d.seen.save(changed) // once, however many volumes were new
 	}
 	if len(failures) == len(d.cfg.Backends) {
 		return nil, errors.Join(failures...)

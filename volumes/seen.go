@@ -23,10 +23,12 @@ type seen struct {
 	path string
 	log  *slog.Logger
 
-	mu sync.RWMutex
-	m  map[string]string
+	mu  sync.RWMutex
+	m   map[string]string
+	gen uint64 // counts changes of m
 
 	saveMu sync.Mutex // orders writes: the last write holds the latest set
+	saved  uint64     // the gen of m that the last write held
 }
 
 func loadSeen(path string, log *slog.Logger) *seen {
@@ -54,39 +56,48 @@ func (s *seen) backend(name string) string {
 	return s.m[name]
 }
 
-// set records name on backend ("" forgets it) and reports a change.
-func (s *seen) set(name, backend string) bool {
+// set records name on backend ("" forgets it) and returns the generation
+// of the set holding the change, or 0 when nothing changed.
+func (s *seen) set(name, backend string) uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.m[name] == backend {
-		return false
+		return 0
 	}
 	if backend == "" {
 		delete(s.m, name)
 	} else {
 		s.m[name] = backend
 	}
-	return true
+	s.gen++
+	return s.gen
 }
 
 // remember is set, persisted when it changed something.
 func (s *seen) remember(name, backend string) {
-	if s.set(name, backend) {
-		s.save()
+	if gen := s.set(name, backend); gen != 0 {
+		s.save(gen)
 	}
 }
 
-// save writes the set.
-func (s *seen) save() {
+// save writes the set, unless a write since generation gen was made
+// already: concurrent changes (15 volumes created at once) share writes.
+func (s *seen) save(gen uint64) {
 	s.saveMu.Lock()
 	defer s.saveMu.Unlock()
+	if s.saved >= gen {
+		return
+	}
 	s.mu.RLock()
 	data, err := json.Marshal(maps.Clone(s.m))
+	now := s.gen
 	s.mu.RUnlock()
 	if err == nil {
 		err = state.WriteFileAtomic(s.path, append(data, '\n'), 0o600)
 	}
 	if err != nil {
 		s.log.Warn("the set of volumes seen on the backends was not saved", "file", s.path, "err", err)
+		return
 	}
+	s.saved = now
 }
