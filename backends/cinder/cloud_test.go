@@ -25,6 +25,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gophercloud/gophercloud/v2/openstack/blockstorage/v3/snapshots"
 	"github.com/gophercloud/gophercloud/v2/openstack/blockstorage/v3/volumes"
 
 	"github.com/blockvol/blockvol/internal/testenv"
@@ -146,6 +147,18 @@ func clearLeftovers() error {
 	c, err := b.client(ctx)
 	if err != nil {
 		return err
+	}
+	// Snapshots first: Cinder keeps a volume that has some.
+	snaps, err := b.listSnapshots(ctx, c, snapshots.ListOpts{AllTenants: true})
+	if err != nil {
+		return err
+	}
+	for _, sn := range snaps {
+		if strings.HasPrefix(sn.Name, testPrefix) {
+			if err := b.deleteSnapshot(ctx, c, sn.ID); err != nil {
+				fmt.Fprintf(os.Stderr, "clearing leftover test snapshot %s: %v\n", sn.ID, err)
+			}
+		}
 	}
 	vs, err := b.listVolumes(ctx, c, volumes.ListOpts{AllTenants: true})
 	if err != nil {
