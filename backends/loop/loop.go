@@ -480,7 +480,7 @@ func (b *Backend) listNames(d *os.File) ([]string, error) {
 // with the new Meta, keeping size and creation time.
 func (b *Backend) SetMeta(ctx context.Context, name string, meta map[string]string) error {
 	const op = "setmeta"
-	unlock, err := b.lock(ctx, op, name)
+	unlock, _, err := b.lock(ctx, op, name)
 	if err != nil {
 		return err
 	}
@@ -503,12 +503,11 @@ func (b *Backend) SetMeta(ctx context.Context, name string, meta map[string]stri
 // disappear first. The record is deleted before the image.
 func (b *Backend) Remove(ctx context.Context, name string) error {
 	const op = "remove"
-	unlock, err := b.lock(ctx, op, name)
+	unlock, log, err := b.lock(ctx, op, name)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	log := b.log.With(slog.String("volume", name), slog.String("op", op))
 	// Existence only: a record too damaged to parse, or a symlink in its
 	// place, can still be removed (the link, never what it points to).
 	img := b.imgPath(name)
@@ -554,12 +553,11 @@ func (b *Backend) Remove(ctx context.Context, name string) error {
 // them, without --nooverlap (which would hand back the dying one).
 func (b *Backend) Attach(ctx context.Context, name string, _ backends.AttachOptions) (string, error) {
 	const op = "attach"
-	unlock, err := b.lock(ctx, op, name)
+	unlock, log, err := b.lock(ctx, op, name)
 	if err != nil {
 		return "", err
 	}
 	defer unlock()
-	log := b.log.With(slog.String("volume", name), slog.String("op", op))
 	if _, err := b.load(name); err != nil {
 		return "", opErr(op, name, err)
 	}
@@ -604,12 +602,11 @@ func (b *Backend) Attach(ctx context.Context, name string, _ backends.AttachOpti
 // may finish the detach later, once the device's last user closes it.
 func (b *Backend) Detach(ctx context.Context, name string) error {
 	const op = "detach"
-	unlock, err := b.lock(ctx, op, name)
+	unlock, log, err := b.lock(ctx, op, name)
 	if err != nil {
 		return err
 	}
 	defer unlock()
-	log := b.log.With(slog.String("volume", name), slog.String("op", op))
 	img := b.imgPath(name)
 	// Devices of a deleted image too: an image removed by hand while
 	// mounted is still attached, and Unmount must let go of it.
@@ -933,14 +930,15 @@ func present(path string, ok func(fs.FileMode) bool) (bool, error) {
 var opErr, opErrf = backends.OpErrors("loop")
 
 // lock checks name and takes its per-name lock for op: the start of every
-// call that reads a volume's state to change it.
-func (b *Backend) lock(ctx context.Context, op, name string) (unlock func(), err error) {
+// call that reads a volume's state to change it. log carries the volume and
+// the operation.
+func (b *Backend) lock(ctx context.Context, op, name string) (unlock func(), log *slog.Logger, err error) {
 	if err := checkName(name); err != nil {
-		return nil, opErr(op, name, err)
+		return nil, nil, opErr(op, name, err)
 	}
 	unlock, err = b.locks.Lock(ctx, name)
 	if err != nil {
-		return nil, opErr(op, name, err)
+		return nil, nil, opErr(op, name, err)
 	}
-	return unlock, nil
+	return unlock, b.log.With(slog.String("volume", name), slog.String("op", op)), nil
 }
