@@ -480,7 +480,7 @@ func (b *Backend) listNames(d *os.File) ([]string, error) {
 // with the new Meta, keeping size and creation time.
 func (b *Backend) SetMeta(ctx context.Context, name string, meta map[string]string) error {
 	const op = "setmeta"
-	unlock, _, err := b.lock(ctx, op, name)
+	unlock, log, err := b.lock(ctx, op, name)
 	if err != nil {
 		return err
 	}
@@ -493,7 +493,7 @@ func (b *Backend) SetMeta(ctx context.Context, name string, meta map[string]stri
 	if err := b.writeRecord(name, r); err != nil {
 		return opErr(op, name, err)
 	}
-	b.log.Debug("metadata replaced", slog.String("volume", name), slog.String("op", op))
+	log.Debug("metadata replaced")
 	return nil
 }
 
