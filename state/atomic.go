@@ -18,6 +18,14 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 	return writeFileAtomic(path, data, perm, true)
 }
 
+// UpdateFileAtomic is WriteFileAtomic for a file whose previous version is
+// an acceptable state after a power loss: when path exists already the
+// rename is not made durable (saving a directory fsync); a new file is.
+func UpdateFileAtomic(path string, data []byte, perm os.FileMode) error {
+	_, err := os.Lstat(path)
+	return writeFileAtomic(path, data, perm, err != nil)
+}
+
 // writeFileAtomic is WriteFileAtomic; without syncDir the rename is not
 // made durable (after a power loss path may hold its previous contents,
 // never a torn or empty file: the data is fsynced before the rename).

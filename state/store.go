@@ -59,10 +59,7 @@ func (s *Store) Save(name string, v any) error {
 	if err != nil {
 		return fmt.Errorf("encode record %s: %w", name, err)
 	}
-	p := s.path(name)
-	_, err = os.Lstat(p)
-	replacing := err == nil
-	return writeFileAtomic(p, append(data, '\n'), 0o600, !replacing)
+	return UpdateFileAtomic(s.path(name), append(data, '\n'), 0o600)
 }
 
 // Load reads the record of name into v, or returns ErrNotFound. A symlink

@@ -93,7 +93,8 @@ func (s *seen) save(gen uint64) {
 	now := s.gen
 	s.mu.RUnlock()
 	if err == nil {
-		err = state.WriteFileAtomic(s.path, append(data, '\n'), 0o600)
+		// A hint: after a power loss the previous set will do.
+		err = state.UpdateFileAtomic(s.path, append(data, '\n'), 0o600)
 	}
 	if err != nil {
 		s.log.Warn("the set of volumes seen on the backends was not saved", "file", s.path, "err", err)
