@@ -107,16 +107,18 @@ func (b *Backend) withLock(ctx context.Context, op, name string, fn func(ctx con
 		return fmt.Errorf("the target host's lock %s is still held after %s by this host (%s); try again later", b.volumeLock(name), wait, holder)
 	}
 	defer unlock()
-	lctx, cancel = context.WithTimeout(ctx, max(wait-time.Since(start), 0))
-	err = b.holdSlot(lctx)
-	cancel()
-	if err != nil {
-		if ctx.Err() != nil {
-			return fmt.Errorf("wait for the target host's lock of volume %s: %w", name, ctx.Err())
-		}
-		return fmt.Errorf("the target host's lock %s: this host already holds %d volumes' locks for %s; try again later", b.volumeLock(name), maxHeldLocks, wait)
+	// A turn at holding a lock is this host's own queue: it is waited
+	// for up to the call's deadline, and the wait on the target host is
+	// counted from when it comes.
+	if err := b.holdSlot(ctx); err != nil {
+		return fmt.Errorf("wait for a turn at the target host's lock of volume %s (this host holds %d locks): %w", name, maxHeldLocks, err)
 	}
 	defer func() { <-b.heldLocks }()
+	wait = b.lockWait
+	if dl, ok := ctx.Deadline(); ok {
+		wait = min(wait, time.Until(dl)-time.Second)
+	}
+	start = time.Now()
 	owner := fmt.Sprintf("host %s pid %d: %s volume %s since %s", b.hostName, b.pid, op, name, b.now().UTC().Format(time.RFC3339))
 	b.holderMu.Lock()
 	b.holders[name] = owner
