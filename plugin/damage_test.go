@@ -121,3 +121,47 @@ func TestFreshUntilFirstHandedOut(t *testing.T) {
 		}
 	}
 }
+
+// A first mkfs killed half-way leaves a filesystem that cannot be checked
+// or mounted on a volume never handed out: its next first use makes it
+// again, because nothing of a user's can be on it. A volume already handed
+// out is never formatted over, whatever fails.
+func TestFreshVolumeWithAnUnusableFilesystemIsMadeAgain(t *testing.T) {
+	for _, tc := range []struct {
+		name, failOp string
+	}{
+		{"check fails", "prepare"},
+		{"mount fails", "mount"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			h.create("half", nil)
+			// What a killed mkfs.ext4 leaves: a signature, no usable filesystem.
+			h.fs.mu.Lock()
+			h.fs.fsOn["/dev/fake1"] = "ext4" // the harness's first attach
+			h.fs.mu.Unlock()
+			h.fs.failNext(tc.failOp, errors.New("structure needs cleaning"))
+			h.mount("half", id1)
+			var remade bool
+			for _, c := range h.fs.callLog() {
+				remade = remade || strings.HasPrefix(c, "prepare ") && strings.HasSuffix(c, "overwrite=true")
+			}
+			if !remade {
+				t.Errorf("the unusable filesystem of a fresh volume was not made again; calls: %q", h.fs.callLog())
+			}
+			h.unmount("half", id1)
+
+			// Handed out now: the same failure is an error, never a format.
+			h.fs.failNext(tc.failOp, errors.New("structure needs cleaning"))
+			before := len(h.fs.callLog())
+			if _, err := h.d.Mount(&volume.MountRequest{Name: "half", ID: id2}); err == nil {
+				t.Fatal("Mount of a handed-out volume with an unusable filesystem succeeded")
+			}
+			for _, c := range h.fs.callLog()[before:] {
+				if strings.HasSuffix(c, "overwrite=true") {
+					t.Errorf("a volume already handed out was formatted over: %q", c)
+				}
+			}
+		})
+	}
+}

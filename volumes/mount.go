@@ -231,6 +231,9 @@ func (d *Core) prepareAndMount(ctx context.Context, log *slog.Logger, r record, 
 	}
 	fresh := meta[metaFreshKey] == "true"
 	fsType, formatted, err := d.cfg.FS.Prepare(ctx, r.Device, opts.FSType, pending)
+	if err != nil && fresh && ctx.Err() == nil {
+		fsType, formatted, err = d.remakeFresh(ctx, log, r, opts, err)
+	}
 	if err != nil {
 		return err
 	}
@@ -243,7 +246,15 @@ func (d *Core) prepareAndMount(ctx context.Context, log *slog.Logger, r record, 
 		return err
 	}
 	if err := d.cfg.FS.Mount(ctx, r.Device, r.Mountpoint, fsType, opts.MountOpts); err != nil {
-		return err
+		if !fresh || formatted || ctx.Err() != nil {
+			return err
+		}
+		if fsType, formatted, err = d.remakeFresh(ctx, log, r, opts, err); err != nil {
+			return err
+		}
+		if err := d.cfg.FS.Mount(ctx, r.Device, r.Mountpoint, fsType, opts.MountOpts); err != nil {
+			return err
+		}
 	}
 	if meta, err = d.finishClone(ctx, r, meta, true); err != nil {
 		return err
@@ -272,6 +283,21 @@ func (d *Core) prepareAndMount(ctx context.Context, log *slog.Logger, r record, 
 		}
 	}
 	return nil
+}
+
+// remakeFresh makes the filesystem of a fresh volume again after the one
+// found on it could not be checked or mounted (cause). A volume never
+// handed out holds nothing of a user's: an unusable ext4/xfs on it is what
+// a first mkfs killed half-way (it dies with the plugin) left behind. A
+// usable one is kept (prepareAndMount), and a foreign signature is still
+// refused by Prepare.
+func (d *Core) remakeFresh(ctx context.Context, log *slog.Logger, r record, opts Options, cause error) (string, bool, error) {
+	log.Warn("the filesystem on a volume never handed out is unusable, as an interrupted first mkfs leaves it; making it again", "err", cause)
+	fsType, formatted, err := d.cfg.FS.Prepare(ctx, r.Device, opts.FSType, true)
+	if err != nil {
+		return "", false, fmt.Errorf("%w; making it again failed too: %w", cause, err)
+	}
+	return fsType, formatted, nil
 }
 
 // withoutKey returns a copy of m without key.
