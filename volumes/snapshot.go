@@ -311,8 +311,13 @@ func (d *Core) Resize(ctx context.Context, name string, sizeBytes int64) (err er
 	if err := be.SetMeta(ctx, name, meta); err != nil {
 		return fmt.Errorf("volume %s cannot be grown: %w", quote.Short(name), err)
 	}
-	if _, err := ex.Expand(ctx, name, sizeBytes); err != nil {
-		return fmt.Errorf("volume %s cannot be grown: %w", quote.Short(name), err)
+	// A backend that has the size already (a node-side expand after the
+	// controller's) is not asked again: iscsitarget refuses to touch a LUN
+	// an initiator is logged in to, cinder a same-size extend.
+	if sizeBytes > vol.SizeBytes {
+		if _, err := ex.Expand(ctx, name, sizeBytes); err != nil {
+			return fmt.Errorf("volume %s cannot be grown: %w", quote.Short(name), err)
+		}
 	}
 	r, here := d.recs.get(name)
 	if !here || r.Phase != phaseMounted {

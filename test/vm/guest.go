@@ -43,6 +43,7 @@ type Guest struct {
 var Programs = []string{
 	"tgtd", "tgtadm", "iscsid", "iscsiadm",
 	"mke2fs", "e2fsck", "mkfs.xfs", "blkid", "wipefs", "losetup", "blockdev",
+	"resize2fs", "xfs_growfs", // growing a mounted filesystem (Resize, CSI expansion)
 	"mount", "umount", "udevadm",
 	// The iscsitarget backend's helper script and lock on the target
 	// host expect coreutils and util-linux, not busybox's variants.
