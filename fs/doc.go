@@ -32,6 +32,9 @@ var (
 	ErrInvalidMountOption error = classError{"invalid mount option", sentinel.ErrInvalid}
 	// ErrReadOnly: the device is read-only and cannot be formatted.
 	ErrReadOnly = errors.New("device is read-only")
+	// ErrNeedsRepair: the device holds an ext4 filesystem with problems
+	// that `e2fsck -p` will not repair on its own.
+	ErrNeedsRepair = errors.New("filesystem needs repair")
 )
 
 // classError is a sentinel of this package that belongs to a class of

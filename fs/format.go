@@ -131,7 +131,7 @@ func (f *FS) fsckExt4(ctx context.Context, dev string) error {
 		return nil
 	case code > 1:
 		return fmt.Errorf("ext4 filesystem on device %s needs repairs e2fsck -p will not make (exit status %d); "+
-			"run `e2fsck %s` by hand, then retry: %w", dev, code, dev, err)
+			"run `e2fsck %s` by hand, then retry: %w: %w", dev, code, dev, ErrNeedsRepair, err)
 	default:
 		return fmt.Errorf("check ext4 filesystem on device %s: %w", dev, err)
 	}

@@ -2,12 +2,15 @@ package plugin
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/docker/go-plugins-helpers/volume"
+
+	"github.com/blockvol/blockvol/fs"
 )
 
 // The set of volumes seen on a backend survives a restart: Get during an
@@ -129,9 +132,10 @@ func TestFreshUntilFirstHandedOut(t *testing.T) {
 func TestFreshVolumeWithAnUnusableFilesystemIsMadeAgain(t *testing.T) {
 	for _, tc := range []struct {
 		name, failOp string
+		err          error
 	}{
-		{"check fails", "prepare"},
-		{"mount fails", "mount"},
+		{"check fails", "prepare", fmt.Errorf("e2fsck exited with status 4: %w", fs.ErrNeedsRepair)},
+		{"mount fails", "mount", errors.New("structure needs cleaning")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newHarness(t)
@@ -140,7 +144,7 @@ func TestFreshVolumeWithAnUnusableFilesystemIsMadeAgain(t *testing.T) {
 			h.fs.mu.Lock()
 			h.fs.fsOn["/dev/fake1"] = "ext4" // the harness's first attach
 			h.fs.mu.Unlock()
-			h.fs.failNext(tc.failOp, errors.New("structure needs cleaning"))
+			h.fs.failNext(tc.failOp, tc.err)
 			h.mount("half", id1)
 			var remade bool
 			for _, c := range h.fs.callLog() {
@@ -152,7 +156,7 @@ func TestFreshVolumeWithAnUnusableFilesystemIsMadeAgain(t *testing.T) {
 			h.unmount("half", id1)
 
 			// Handed out now: the same failure is an error, never a format.
-			h.fs.failNext(tc.failOp, errors.New("structure needs cleaning"))
+			h.fs.failNext(tc.failOp, tc.err)
 			before := len(h.fs.callLog())
 			if _, err := h.d.Mount(&volume.MountRequest{Name: "half", ID: id2}); err == nil {
 				t.Fatal("Mount of a handed-out volume with an unusable filesystem succeeded")

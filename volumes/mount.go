@@ -231,7 +231,7 @@ func (d *Core) prepareAndMount(ctx context.Context, log *slog.Logger, r record, 
 	}
 	fresh := meta[metaFreshKey] == "true"
 	fsType, formatted, err := d.cfg.FS.Prepare(ctx, r.Device, opts.FSType, pending)
-	if err != nil && fresh && ctx.Err() == nil {
+	if err != nil && fresh && errors.Is(err, fs.ErrNeedsRepair) && ctx.Err() == nil {
 		fsType, formatted, err = d.remakeFresh(ctx, log, r, opts, err)
 	}
 	if err != nil {
@@ -285,8 +285,9 @@ func (d *Core) prepareAndMount(ctx context.Context, log *slog.Logger, r record, 
 	return nil
 }
 
-// remakeFresh makes the filesystem of a fresh volume again after the one
-// found on it could not be checked or mounted (cause). A volume never
+// remakeFresh makes the filesystem of a fresh volume again after the ext4
+// found on it failed its check (fs.ErrNeedsRepair) or the filesystem found
+// failed to mount (cause). A volume never
 // handed out holds nothing of a user's: an unusable ext4/xfs on it is what
 // a first mkfs killed half-way (it dies with the plugin) left behind. A
 // usable one is kept (prepareAndMount), and a foreign signature is still
