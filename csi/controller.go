@@ -376,30 +376,46 @@ func (s *Server) ValidateVolumeCapabilities(ctx context.Context, req *csipb.Vali
 // Names, not offsets: a volume deleted between pages shifts nothing.
 const tokenPrefix = "bv1:"
 
+// pageStart checks a List request's max_entries and starting_token and
+// returns the name its page starts at ("" for the first page); a token
+// this plugin did not make is Aborted, as the CSI spec asks.
+func pageStart(maxEntries int32, token string) (string, error) {
+	if maxEntries < 0 {
+		return "", invalid("max_entries must not be negative")
+	}
+	if token == "" {
+		return "", nil
+	}
+	start, ok := strings.CutPrefix(token, tokenPrefix)
+	if !ok || start == "" {
+		return "", status.Errorf(codes.Aborted, "starting_token %q was not made by this plugin", quote.Prefix(token))
+	}
+	return start, nil
+}
+
+// page returns the items of sorted (ascending by name) from the first
+// named start or later, at most maxEntries of them (0: all), and the token
+// of the next page ("" on the last page).
+func page[T any](sorted []T, name func(T) string, start string, maxEntries int32) ([]T, string) {
+	sorted = sorted[sort.Search(len(sorted), func(i int) bool { return name(sorted[i]) >= start }):]
+	if n := int(maxEntries); n > 0 && len(sorted) > n {
+		return sorted[:n], tokenPrefix + name(sorted[n])
+	}
+	return sorted, ""
+}
+
 // ListVolumes lists every volume of every backend (Docker's included),
 // sorted by name, max_entries at a time.
 func (s *Server) ListVolumes(ctx context.Context, req *csipb.ListVolumesRequest) (*csipb.ListVolumesResponse, error) {
-	if req.GetMaxEntries() < 0 {
-		return nil, invalid("max_entries must not be negative")
-	}
-	start := ""
-	if t := req.GetStartingToken(); t != "" {
-		var ok bool
-		if start, ok = strings.CutPrefix(t, tokenPrefix); !ok || start == "" {
-			return nil, status.Errorf(codes.Aborted, "starting_token %q was not made by this plugin", quote.Prefix(t))
-		}
+	start, err := pageStart(req.GetMaxEntries(), req.GetStartingToken())
+	if err != nil {
+		return nil, err
 	}
 	infos, err := s.core.List(ctx)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	i := sort.Search(len(infos), func(i int) bool { return infos[i].Name >= start })
-	infos = infos[i:]
-	next := ""
-	if n := int(req.GetMaxEntries()); n > 0 && len(infos) > n {
-		next = tokenPrefix + infos[n].Name
-		infos = infos[:n]
-	}
+	infos, next := page(infos, func(v volumes.Info) string { return v.Name }, start, req.GetMaxEntries())
 	out := &csipb.ListVolumesResponse{NextToken: next}
 	for _, info := range infos {
 		out.Entries = append(out.Entries, &csipb.ListVolumesResponse_Entry{

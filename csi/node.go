@@ -192,19 +192,30 @@ func (s *Server) NodeUnpublishVolume(ctx context.Context, req *csipb.NodeUnpubli
 	return &csipb.NodeUnpublishVolumeResponse{}, nil
 }
 
-// NodeGetVolumeStats reports the usage of a volume at a path where CSI
-// staged or published it.
-func (s *Server) NodeGetVolumeStats(ctx context.Context, req *csipb.NodeGetVolumeStatsRequest) (*csipb.NodeGetVolumeStatsResponse, error) {
-	id, path := req.GetVolumeId(), req.GetVolumePath()
+// heldPath checks that volume id is staged or published on this node at
+// path and returns path cleaned; a missing id or path is InvalidArgument,
+// a path CSI did not stage or publish id at is NotFound.
+func (s *Server) heldPath(id, path string) (string, error) {
 	if id == "" {
-		return nil, invalid("volume_id is missing")
+		return "", invalid("volume_id is missing")
 	}
 	if path == "" {
-		return nil, invalid("volume_path is missing")
+		return "", invalid("volume_path is missing")
 	}
 	path = filepath.Clean(path)
 	if !s.core.Holds(id, publishPrefix+path) && !s.core.Holds(id, stagePrefix+path) {
-		return nil, status.Errorf(codes.NotFound, "volume %q is not staged or published at %s on this node", quote.Prefix(id), quote.Prefix(path))
+		return "", status.Errorf(codes.NotFound, "volume %q is not staged or published at %s on this node", quote.Prefix(id), quote.Prefix(path))
+	}
+	return path, nil
+}
+
+// NodeGetVolumeStats reports the usage of a volume at a path where CSI
+// staged or published it.
+func (s *Server) NodeGetVolumeStats(ctx context.Context, req *csipb.NodeGetVolumeStatsRequest) (*csipb.NodeGetVolumeStatsResponse, error) {
+	id := req.GetVolumeId()
+	path, err := s.heldPath(id, req.GetVolumePath())
+	if err != nil {
+		return nil, err
 	}
 	info, err := s.core.Get(ctx, id)
 	if err != nil {

@@ -171,24 +171,27 @@ func toStatus(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
-	code := codes.Internal
-	switch {
-	case errors.Is(err, sentinel.ErrNotFound):
-		code = codes.NotFound
-	case errors.Is(err, sentinel.ErrInvalid):
-		code = codes.InvalidArgument
-	case errors.Is(err, sentinel.ErrInUse):
-		code = codes.FailedPrecondition
-	case errors.Is(err, sentinel.ErrExists):
-		code = codes.AlreadyExists
-	case errors.Is(err, sentinel.ErrBusy):
-		code = codes.Aborted
-	case errors.Is(err, context.DeadlineExceeded):
-		code = codes.DeadlineExceeded
-	case errors.Is(err, context.Canceled):
-		code = codes.Canceled
+	for _, m := range statusCodes {
+		if errors.Is(err, m.err) {
+			return status.Error(m.code, err.Error())
+		}
 	}
-	return status.Error(code, err.Error())
+	return status.Error(codes.Internal, err.Error())
+}
+
+// statusCodes maps the core's errors to the spec's codes, first match
+// first; any other error is Internal.
+var statusCodes = []struct {
+	err  error
+	code codes.Code
+}{
+	{sentinel.ErrNotFound, codes.NotFound},
+	{sentinel.ErrInvalid, codes.InvalidArgument},
+	{sentinel.ErrInUse, codes.FailedPrecondition},
+	{sentinel.ErrExists, codes.AlreadyExists},
+	{sentinel.ErrBusy, codes.Aborted},
+	{context.DeadlineExceeded, codes.DeadlineExceeded},
+	{context.Canceled, codes.Canceled},
 }
 
 func invalid(format string, args ...any) error {

@@ -3,9 +3,6 @@ package csi
 import (
 	"context"
 	"errors"
-	"path/filepath"
-	"sort"
-	"strings"
 
 	csipb "github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -92,15 +89,9 @@ func (s *Server) DeleteSnapshot(ctx context.Context, req *csipb.DeleteSnapshotRe
 // ListSnapshots lists snapshots sorted by id, filtered by snapshot_id or
 // source_volume_id, max_entries at a time (tokens as ListVolumes').
 func (s *Server) ListSnapshots(ctx context.Context, req *csipb.ListSnapshotsRequest) (*csipb.ListSnapshotsResponse, error) {
-	if req.GetMaxEntries() < 0 {
-		return nil, invalid("max_entries must not be negative")
-	}
-	start := ""
-	if t := req.GetStartingToken(); t != "" {
-		var ok bool
-		if start, ok = strings.CutPrefix(t, tokenPrefix); !ok || start == "" {
-			return nil, status.Errorf(codes.Aborted, "starting_token %q was not made by this plugin", quote.Prefix(t))
-		}
+	start, err := pageStart(req.GetMaxEntries(), req.GetStartingToken())
+	if err != nil {
+		return nil, err
 	}
 	var snaps []volumes.SnapshotInfo
 	switch id, src := req.GetSnapshotId(), req.GetSourceVolumeId(); {
@@ -120,18 +111,11 @@ func (s *Server) ListSnapshots(ctx context.Context, req *csipb.ListSnapshotsRequ
 		if src != "" && volumes.ValidateName(src) != nil {
 			return &csipb.ListSnapshotsResponse{}, nil
 		}
-		var err error
 		if snaps, err = s.core.Snapshots(ctx, src); err != nil {
 			return nil, toStatus(err)
 		}
 	}
-	i := sort.Search(len(snaps), func(i int) bool { return snaps[i].Name >= start })
-	snaps = snaps[i:]
-	next := ""
-	if n := int(req.GetMaxEntries()); n > 0 && len(snaps) > n {
-		next = tokenPrefix + snaps[n].Name
-		snaps = snaps[:n]
-	}
+	snaps, next := page(snaps, func(v volumes.SnapshotInfo) string { return v.Name }, start, req.GetMaxEntries())
 	out := &csipb.ListSnapshotsResponse{NextToken: next}
 	for _, snap := range snaps {
 		out.Entries = append(out.Entries, &csipb.ListSnapshotsResponse_Entry{Snapshot: csiSnapshot(snap)})
@@ -215,16 +199,9 @@ func (s *Server) ControllerExpandVolume(ctx context.Context, req *csipb.Controll
 // at volume_path to its device (and the volume first, when the capacity
 // range asks for more).
 func (s *Server) NodeExpandVolume(ctx context.Context, req *csipb.NodeExpandVolumeRequest) (*csipb.NodeExpandVolumeResponse, error) {
-	id, path := req.GetVolumeId(), req.GetVolumePath()
-	if id == "" {
-		return nil, invalid("volume_id is missing")
-	}
-	if path == "" {
-		return nil, invalid("volume_path is missing")
-	}
-	path = filepath.Clean(path)
-	if !s.core.Holds(id, publishPrefix+path) && !s.core.Holds(id, stagePrefix+path) {
-		return nil, status.Errorf(codes.NotFound, "volume %q is not staged or published at %s on this node", quote.Prefix(id), quote.Prefix(path))
+	id := req.GetVolumeId()
+	if _, err := s.heldPath(id, req.GetVolumePath()); err != nil {
+		return nil, err
 	}
 	size, err := s.expand(ctx, id, req.GetCapacityRange())
 	if err != nil {
