@@ -787,3 +787,21 @@ func TestIQNFor(t *testing.T) {
 		t.Fatalf("Data_1 and data_1 share target name %s", a)
 	}
 }
+
+// A host already holding maxHeldLocks locks queues the next one up to the
+// call's deadline, without asking the target host.
+func TestLockTurnsAreQueuedUpToTheCallsDeadline(t *testing.T) {
+	e := newEnv(t, nil)
+	for range maxHeldLocks {
+		e.b.heldLocks <- struct{}{}
+	}
+	cctx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel()
+	err := e.b.withLock(cctx, "attach", "v1", func(context.Context) error {
+		t.Error("the operation ran without a turn at the lock")
+		return nil
+	})
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "wait for a turn at the target host's lock of volume v1") {
+		t.Fatalf("withLock with every turn taken = %v", err)
+	}
+}
