@@ -29,6 +29,21 @@ func CheckName(name string, maxLen int) error {
 	return nil
 }
 
+// CheckExpand checks the arguments of a file-backed backend's Expand: a
+// name as CheckName(name, maxLen) takes it, and a size that is a positive
+// multiple of 512 bytes (whole sectors); either failing is
+// sentinel.ErrInvalid.
+func CheckExpand(name string, maxLen int, sizeBytes int64) error {
+	const sector = 512
+	if err := CheckName(name, maxLen); err != nil {
+		return err
+	}
+	if sizeBytes <= 0 || sizeBytes%sector != 0 {
+		return fmt.Errorf("size %d: must be a positive multiple of %d bytes: %w", sizeBytes, sector, sentinel.ErrInvalid)
+	}
+	return nil
+}
+
 // OpErrors returns a backend's two error constructors for volumes:
 // opErr(op, name, err) wraps err as `<backend>: <op> volume "<name>":
 // <err>`, and opErrf does the same with a formatted cause (which may wrap

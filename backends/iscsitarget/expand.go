@@ -28,11 +28,8 @@ const tgtLUNActive = "this logical unit is still active"
 // a logged-in initiator yields sentinel.ErrInUse naming it.
 func (b *Backend) Expand(ctx context.Context, name string, sizeBytes int64) (backends.Volume, error) {
 	const op = "expand"
-	if err := checkName(name); err != nil {
+	if err := backends.CheckExpand(name, maxNameLen, sizeBytes); err != nil {
 		return backends.Volume{}, opErr(op, name, err)
-	}
-	if sizeBytes <= 0 || sizeBytes%sectorSize != 0 {
-		return backends.Volume{}, opErrf(op, name, "size %d: must be a positive multiple of %d bytes: %w", sizeBytes, sectorSize, sentinel.ErrInvalid)
 	}
 	var vol backends.Volume
 	err := b.withLock(ctx, op, name, func(ctx context.Context) error {

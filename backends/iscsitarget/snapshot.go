@@ -269,6 +269,4 @@ func (b *Backend) sourceImage(ctx context.Context, src backends.Source) (string,
 }
 
 // snapErr names the backend, the operation and the snapshot in an error.
-func snapErr(op, name string, err error) error {
-	return fmt.Errorf("iscsitarget: %s snapshot %q: %w", op, name, err)
-}
+var snapErr = backends.KindErrors("iscsitarget", "snapshot")

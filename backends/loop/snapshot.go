@@ -344,11 +344,8 @@ func (b *Backend) source(ctx context.Context, src backends.Source) (img string, 
 // image is told its new capacity (`losetup --set-capacity`).
 func (b *Backend) Expand(ctx context.Context, name string, sizeBytes int64) (backends.Volume, error) {
 	const op = "expand"
-	if err := checkName(name); err != nil {
+	if err := backends.CheckExpand(name, maxNameLen, sizeBytes); err != nil {
 		return backends.Volume{}, opErr(op, name, err)
-	}
-	if sizeBytes <= 0 || sizeBytes%sectorSize != 0 {
-		return backends.Volume{}, opErrf(op, name, "size %d: must be a positive multiple of %d bytes: %w", sizeBytes, sectorSize, sentinel.ErrInvalid)
 	}
 	unlock, err := b.locks.Lock(ctx, name)
 	if err != nil {
