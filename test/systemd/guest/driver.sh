@@ -97,29 +97,30 @@ if [ "$phase" = second ]; then
 
   step stop-drains
   # A mkfs held at its start stands for a slow call in flight: a wrapper
+  # (on the root disk: /run is noexec, and so is a bind from it)
   # bound over the real program (blockvol.service shares the host's mount
   # namespace), which runs a copy of it once released.
   real=$(readlink -f /usr/sbin/mkfs.ext4)
-  mkdir -p /run/bvsd-hook/real
-  cp "$real" /run/bvsd-hook/real/mkfs.ext4
-  cat >/run/bvsd-hook/mkfs.ext4 <<'EOF'
+  mkdir -p /var/lib/bvsd/hook/real
+  cp "$real" /var/lib/bvsd/hook/real/mkfs.ext4
+  cat >/var/lib/bvsd/hook/mkfs.ext4 <<'EOF'
 #!/bin/sh
-touch /run/bvsd-hook/started
+touch /var/lib/bvsd/hook/started
 n=0
-while [ ! -e /run/bvsd-hook/release ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n + 1)); done
-exec /run/bvsd-hook/real/mkfs.ext4 "$@"
+while [ ! -e /var/lib/bvsd/hook/release ] && [ $n -lt 600 ]; do sleep 0.1; n=$((n + 1)); done
+exec /var/lib/bvsd/hook/real/mkfs.ext4 "$@"
 EOF
-  chmod 755 /run/bvsd-hook/mkfs.ext4
-  mount --bind /run/bvsd-hook/mkfs.ext4 "$real" || fail "bind the mkfs hook"
+  chmod 755 /var/lib/bvsd/hook/mkfs.ext4
+  mount --bind /var/lib/bvsd/hook/mkfs.ext4 "$real" || fail "bind the mkfs hook"
   docker volume create -d blockvol -o size=128M bvsd2 >/dev/null 2>&1 || fail "create bvsd2"
   (docker run --rm --network none -v bvsd2:/d $IMG /bin/busybox sh -c 'echo drained > /d/x && cat /d/x' >/tmp/run.out 2>&1; echo $? >/tmp/run.rc) &
-  waitfor 120 test -e /run/bvsd-hook/started || fail "the mount never reached mkfs"
+  waitfor 120 test -e /var/lib/bvsd/hook/started || fail "the mount never reached mkfs"
   systemctl stop blockvol.service &
   stopper=$!
   waitfor 10 sh -c '[ "$(systemctl is-active blockvol.service)" = deactivating ]' || fail "stop did not start: $(systemctl is-active blockvol.service)"
   sleep 1
   [ "$(systemctl is-active blockvol.service)" = deactivating ] || fail "blockvol.service stopped with a call in flight: $(systemctl is-active blockvol.service)"
-  touch /run/bvsd-hook/release
+  touch /var/lib/bvsd/hook/release
   wait $stopper || fail "systemctl stop failed"
   waitfor 120 test -e /tmp/run.rc || fail "docker run never ended"
   [ "$(cat /tmp/run.rc)" = 0 ] && [ "$(cat /tmp/run.out)" = drained ] || fail "the call in flight failed: $(cat /tmp/run.out)"
