@@ -38,14 +38,16 @@ func (s *Server) NodeGetInfo(context.Context, *csipb.NodeGetInfoRequest) (*csipb
 	return &csipb.NodeGetInfoResponse{NodeId: s.cfg.NodeID, AccessibleTopology: s.nodeTopology()}, nil
 }
 
-func absPath(what, p string) error {
+// absPath checks that the request's field what holds an absolute path p
+// and returns p cleaned; a missing or relative one is InvalidArgument.
+func absPath(what, p string) (string, error) {
 	if p == "" {
-		return invalid("%s is missing", what)
+		return "", invalid("%s is missing", what)
 	}
 	if !filepath.IsAbs(p) {
-		return invalid("%s %q is not absolute", what, quote.Prefix(p))
+		return "", invalid("%s %q is not absolute", what, quote.Prefix(p))
 	}
-	return nil
+	return filepath.Clean(p), nil
 }
 
 // NodeStageVolume brings the volume up on this host (attach; make the
@@ -53,11 +55,12 @@ func absPath(what, p string) error {
 // under the claim csi-stage:<staging path>, and bind-mounts it at the
 // staging path (a raw block volume: its device on a file in it).
 func (s *Server) NodeStageVolume(ctx context.Context, req *csipb.NodeStageVolumeRequest) (*csipb.NodeStageVolumeResponse, error) {
-	id, staging, vc := req.GetVolumeId(), req.GetStagingTargetPath(), req.GetVolumeCapability()
+	id, vc := req.GetVolumeId(), req.GetVolumeCapability()
 	if id == "" {
 		return nil, invalid("volume_id is missing")
 	}
-	if err := absPath("staging_target_path", staging); err != nil {
+	staging, err := absPath("staging_target_path", req.GetStagingTargetPath())
+	if err != nil {
 		return nil, err
 	}
 	if vc == nil {
@@ -66,7 +69,6 @@ func (s *Server) NodeStageVolume(ctx context.Context, req *csipb.NodeStageVolume
 	if why := unsupported(vc); why != "" {
 		return nil, invalid("%s", why)
 	}
-	staging = filepath.Clean(staging)
 	block := vc.GetBlock() != nil
 	if fs := vc.GetMount().GetFsType(); fs != "" {
 		info, err := s.core.Get(ctx, id)
@@ -107,15 +109,15 @@ func (s *Server) bind(ctx context.Context, source, target string, readOnly bool)
 // last claim of the volume on this host (CSI's or Docker's) unmounts and
 // detaches it.
 func (s *Server) NodeUnstageVolume(ctx context.Context, req *csipb.NodeUnstageVolumeRequest) (*csipb.NodeUnstageVolumeResponse, error) {
-	id, staging := req.GetVolumeId(), req.GetStagingTargetPath()
+	id := req.GetVolumeId()
 	if id == "" {
 		return nil, invalid("volume_id is missing")
 	}
-	if err := absPath("staging_target_path", staging); err != nil {
+	staging, err := absPath("staging_target_path", req.GetStagingTargetPath())
+	if err != nil {
 		return nil, err
 	}
-	staging = filepath.Clean(staging)
-	err := s.core.Unclaim(ctx, id, stagePrefix+staging, func(ctx context.Context) error {
+	err = s.core.Unclaim(ctx, id, stagePrefix+staging, func(ctx context.Context) error {
 		if err := s.cfg.Mounts.Unbind(ctx, blockFile(staging)); err != nil {
 			return err
 		}
@@ -131,23 +133,24 @@ func (s *Server) NodeUnstageVolume(ctx context.Context, req *csipb.NodeUnstageVo
 // NodePublishVolume bind-mounts the staged volume at the target path
 // (read-only when asked) under the claim csi-publish:<target path>.
 func (s *Server) NodePublishVolume(ctx context.Context, req *csipb.NodePublishVolumeRequest) (*csipb.NodePublishVolumeResponse, error) {
-	id, staging, target, vc := req.GetVolumeId(), req.GetStagingTargetPath(), req.GetTargetPath(), req.GetVolumeCapability()
+	id, vc := req.GetVolumeId(), req.GetVolumeCapability()
 	if id == "" {
 		return nil, invalid("volume_id is missing")
 	}
-	if err := absPath("target_path", target); err != nil {
+	target, err := absPath("target_path", req.GetTargetPath())
+	if err != nil {
 		return nil, err
 	}
 	if vc == nil {
 		return nil, invalid("volume_capability is missing")
 	}
-	if err := absPath("staging_target_path", staging); err != nil {
+	staging, err := absPath("staging_target_path", req.GetStagingTargetPath())
+	if err != nil {
 		return nil, err
 	}
 	if why := unsupported(vc); why != "" {
 		return nil, invalid("%s", why)
 	}
-	staging, target = filepath.Clean(staging), filepath.Clean(target)
 	block := vc.GetBlock() != nil
 	if !s.core.Holds(id, stagePrefix+staging) {
 		return nil, status.Errorf(codes.FailedPrecondition, "volume %q is not staged at %s; NodeStageVolume first", quote.Prefix(id), quote.Prefix(staging))
@@ -175,15 +178,15 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csipb.NodePublishVo
 // NodeUnpublishVolume unmounts and removes the target path and drops its
 // claim.
 func (s *Server) NodeUnpublishVolume(ctx context.Context, req *csipb.NodeUnpublishVolumeRequest) (*csipb.NodeUnpublishVolumeResponse, error) {
-	id, target := req.GetVolumeId(), req.GetTargetPath()
+	id := req.GetVolumeId()
 	if id == "" {
 		return nil, invalid("volume_id is missing")
 	}
-	if err := absPath("target_path", target); err != nil {
+	target, err := absPath("target_path", req.GetTargetPath())
+	if err != nil {
 		return nil, err
 	}
-	target = filepath.Clean(target)
-	err := s.core.Unclaim(ctx, id, publishPrefix+target, func(ctx context.Context) error {
+	err = s.core.Unclaim(ctx, id, publishPrefix+target, func(ctx context.Context) error {
 		return s.cfg.Mounts.Unbind(ctx, target)
 	})
 	if err != nil {
