@@ -124,7 +124,7 @@ EOF
   wait $stopper || fail "systemctl stop failed"
   waitfor 120 test -e /tmp/run.rc || fail "docker run never ended"
   [ "$(cat /tmp/run.rc)" = 0 ] && [ "$(cat /tmp/run.out)" = drained ] || fail "the call in flight failed: $(cat /tmp/run.out)"
-  journalctl -b --no-pager -u blockvol.service | grep -q 'waiting for the ones in flight' || fail "no drain in blockvol's log"
+  journalctl -b --no-pager -u blockvol.service | grep -q 'stopping: no new requests' || fail "no drain in blockvol's log"
   umount "$real"
   ok "stop waited for the mount in flight; the container ran"
 
