@@ -269,6 +269,7 @@ func cleanUp(t *testing.T, d *daemon, h *holder, root string) {
 			}
 		}
 	}
+	_ = os.RemoveAll(d.exec)
 	if t.Failed() {
 		t.Logf("kept %s (dockerd.log) for inspection", root)
 		return
@@ -276,7 +277,6 @@ func cleanUp(t *testing.T, d *daemon, h *holder, root string) {
 	if err := os.RemoveAll(root); err != nil {
 		t.Errorf("cleanup: %v", err)
 	}
-	_ = os.RemoveAll(d.exec)
 }
 
 // killNamespace SIGKILLs every process left in the holder's mount namespace
