@@ -12,7 +12,7 @@ BIN=$1 OUT=$2
 HERE=$(cd "$(dirname "$0")" && pwd)
 # The programs blockvol runs (fs/, backends/loop, iscsi/). Every one is
 # required: a plugin missing one would fail only at the first volume.
-TOOLS="blkid wipefs blockdev losetup e2fsck mkfs.ext4 mkfs.xfs iscsiadm"
+TOOLS="blkid wipefs blockdev losetup e2fsck mkfs.ext4 mkfs.xfs fsfreeze resize2fs tune2fs xfs_growfs xfs_db iscsiadm"
 
 log() { echo "docker-plugin/build.sh: $*" >&2; }
 

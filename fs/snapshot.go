@@ -98,7 +98,7 @@ func (f *FS) GrowUnmounted(ctx context.Context, dev string) (bool, error) {
 // NewUUID gives the unmounted filesystem on dev, a copy of another one, a
 // new random UUID, so that both can be mounted on one host (xfs refuses a
 // second filesystem with the same UUID). An xfs copy taken from a frozen
-// filesystem has a log to replay first, which xfs_admin will not do (and
+// filesystem has a log to replay first, which xfs_db's uuid command will not do (and
 // it exits 0 all the same): it is mounted once with nouuid at scratch, a
 // directory of the caller's, and unmounted. The UUID read afterwards must
 // differ from the one before.
@@ -119,7 +119,9 @@ func (f *FS) NewUUID(ctx context.Context, dev, scratch string) error {
 		if err := f.replayXFSLog(ctx, dev, scratch); err != nil {
 			return err
 		}
-		if _, err := f.Run.Run(ctx, "xfs_admin", "-U", "generate", dev); err != nil {
+		// What `xfs_admin -U generate` runs, without its shell script (the
+		// managed plugin's root filesystem has no shell).
+		if _, err := f.Run.Run(ctx, "xfs_db", "-x", "-p", "xfs_admin", "-c", "uuid generate", dev); err != nil {
 			return fmt.Errorf("give the xfs filesystem on %s a new UUID: %w", dev, err)
 		}
 	default:

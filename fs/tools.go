@@ -15,5 +15,5 @@ var Tools = []Tool{
 	{"resize2fs", "e2fsprogs", "grows an ext4 filesystem when its volume grows"},
 	{"tune2fs", "e2fsprogs", "gives an ext4 clone a new UUID"},
 	{"xfs_growfs", "xfsprogs", "grows an xfs filesystem when its volume grows"},
-	{"xfs_admin", "xfsprogs", "gives an xfs clone a new UUID"},
+	{"xfs_db", "xfsprogs", "gives an xfs clone a new UUID"},
 }

@@ -44,6 +44,8 @@ var Programs = []string{
 	"tgtd", "tgtadm", "iscsid", "iscsiadm",
 	"mke2fs", "e2fsck", "mkfs.xfs", "blkid", "wipefs", "losetup", "blockdev",
 	"resize2fs", "xfs_growfs", // growing a mounted filesystem (Resize, CSI expansion)
+	"tune2fs", "xfs_db", // a clone's new filesystem UUID
+	"fsfreeze", // util-linux's, not busybox's: a snapshot's freeze
 	"mount", "umount", "udevadm",
 	// The iscsitarget backend's helper script and lock on the target
 	// host expect coreutils and util-linux, not busybox's variants.
