@@ -56,6 +56,10 @@ type Volume struct {
 	// Status holds backend facts worth showing in `docker volume inspect`
 	// (type, attachment, target); keys are lower-case words.
 	Status map[string]any
+	// Attachment is the backend's record of the host that has the volume
+	// attached, for shared backends that keep one; nil when the backend
+	// keeps none or could not tell.
+	Attachment *Attachment
 }
 
 // AttachOptions modify one Attach.
@@ -91,6 +95,18 @@ type Backend interface {
 	Detach(ctx context.Context, name string) error
 }
 
+// BlankProver is implemented by backends that can prove, without reading
+// it, that a volume's device holds nothing but zeros (the loop backend: an
+// image that is all holes). The core then formats a fresh volume without
+// probing it first: a probe of zeros finds nothing.
+type BlankProver interface {
+	// ProvenBlank reports whether dev, the device Attach returned for
+	// name, reads as zeros only, counting every write to dev or to the
+	// volume's data finished before the call. false means "not proven",
+	// never "not blank".
+	ProvenBlank(ctx context.Context, name, dev string) (bool, error)
+}
+
 // HostAttachments is implemented by backends that can tell from this host
 // alone which of their volumes are attached to it. Recovery detaches those
 // the plugin has no record of (a kill in the middle of an Attach), so
@@ -108,3 +124,15 @@ type Initiator interface {
 }
 
 var _ Initiator = (*iscsi.Initiator)(nil)
+
+// Reserver is an Initiator that can fence other hosts off a device it
+// attached: Reserve registers key and reserves the device for its
+// registrants (SCSI-3 persistent reservation, Write Exclusive –
+// Registrants Only), Unreserve gives the registration up.
+// iscsi.ErrNoReservations: the target has none.
+type Reserver interface {
+	Reserve(ctx context.Context, dev string, key uint64) error
+	Unreserve(ctx context.Context, dev string, key uint64) error
+}
+
+var _ Reserver = (*iscsi.Initiator)(nil)

@@ -2,6 +2,8 @@ package backends
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/blockvol/blockvol/iscsi"
@@ -63,6 +65,17 @@ type Expander interface {
 	Expand(ctx context.Context, name string, sizeBytes int64) (Volume, error)
 }
 
+// HeldExpander is implemented by Expanders that can grow a volume in use
+// on this host only while this host holds the volume's writes for an
+// instant (iscsitarget: tgt takes a new size only by adding the LUN
+// again). ExpandHeld does what Expand does, running the step that no
+// write may cross through hold, which holds this host's writes to the
+// volume (freezes its mounted filesystem), runs step, and lets them go on
+// every path; the volume's device here shows the new size on return.
+type HeldExpander interface {
+	ExpandHeld(ctx context.Context, name string, sizeBytes int64, hold func(step func() error) error) (Volume, error)
+}
+
 // Rescanner is implemented by initiators that can make this host re-read
 // the size of a LUN it is logged in to, without a re-login
 // (*iscsi.Initiator): what an iSCSI backend's Expand of a volume attached
@@ -72,3 +85,17 @@ type Rescanner interface {
 }
 
 var _ Rescanner = (*iscsi.Initiator)(nil)
+
+// SnapshotsOf is what ListSnapshots returns, made from all the backend's
+// snapshots (reusing the slice): those taken of volume, every one when
+// volume is "", sorted by name; nil when there are none.
+func SnapshotsOf(all []Snapshot, volume string) []Snapshot {
+	if volume != "" {
+		all = slices.DeleteFunc(all, func(s Snapshot) bool { return s.Volume != volume })
+	}
+	if len(all) == 0 {
+		return nil
+	}
+	slices.SortFunc(all, func(a, b Snapshot) int { return strings.Compare(a.Name, b.Name) })
+	return all
+}

@@ -60,6 +60,11 @@ type CinderConfig struct {
 	HostName string `toml:"host_name"`
 	// Multipath asks Cinder for every portal of a target.
 	Multipath bool `toml:"multipath"`
+	// PortalMap replaces a target portal Cinder returns ("address:port",
+	// its target_ip_address) by the one this host dials: for targets
+	// reached through NAT or a forwarder. E.g.
+	// portal_map = { "192.168.10.5:3260" = "203.0.113.7:3260" }.
+	PortalMap map[string]string `toml:"portal_map"`
 	// Zone is the availability zone of this host ("" = none): CSI reports
 	// it as the node's topology and creates volumes there.
 	Zone string `toml:"zone"`
@@ -175,7 +180,9 @@ func (k *CinderConfig) validate(key string, c *Config) []error {
 		bad("auth_url %q must be an http:// or https:// URL", k.AuthURL)
 	}
 	if k.Endpoint != "" {
-		if u, err := url.Parse(k.Endpoint); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		// What precedes a %(project_id)s template (no URL escape).
+		head, _, _ := strings.Cut(k.Endpoint, "%(")
+		if u, err := url.Parse(head); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 			bad("endpoint %q must be an http:// or https:// URL", k.Endpoint)
 		}
 	}
@@ -216,6 +223,13 @@ func (k *CinderConfig) validate(key string, c *Config) []error {
 	for name, p := range map[string]string{"state_dir": k.StateDir, "host_uuid_file": k.HostUUIDFile, "ca_file": k.CAFile, "cinder_docker_driver_config": k.CinderDockerDriverConfig} {
 		if p != "" && !filepath.IsAbs(p) {
 			bad("%s %q must be an absolute path", name, p)
+		}
+	}
+	for from, to := range k.PortalMap {
+		for _, p := range []string{from, to} {
+			if _, port, err := net.SplitHostPort(p); err != nil || port == "" {
+				bad("portal_map: %q is not an address:port portal", p)
+			}
 		}
 	}
 	if k.HostUUID != "" && !uuidRE.MatchString(k.HostUUID) {

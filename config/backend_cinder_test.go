@@ -147,6 +147,8 @@ func TestCinderErrorsNameTheKey(t *testing.T) {
 		{base + creds + "interface = \"private\"\n", `backends.os.interface "private" must be public, internal or admin`},
 		{base + creds + "attach_api = \"nova\"\n", `backends.os.attach_api "nova" must be auto, attachments or legacy`},
 		{base + creds + "endpoint = \"cinder:8776\"\n", `backends.os.endpoint "cinder:8776" must be an http`},
+		{base + creds + "endpoint = \"cinder:8776/v3/%(project_id)s\"\n", `backends.os.endpoint "cinder:8776/v3/%(project_id)s" must be an http`},
+		{base + creds + "portal_map = { \"10.0.0.5\" = \"192.0.2.1:3260\" }\n", `backends.os.portal_map: "10.0.0.5" is not an address:port portal`},
 		{base + creds + "state_dir = \"rel\"\n", `backends.os.state_dir "rel" must be an absolute path`},
 		{base + creds + "request_timeout = \"-1s\"\n", "backends.os.request_timeout -1s must not be negative"},
 		{base + creds + "host_name = \"a b\"\n", "backends.os.host_name"},
@@ -186,5 +188,26 @@ func TestCinderExampleBlock(t *testing.T) {
 	}
 	if k := cinderSettings(t, cfg, "cinder"); k.AuthURL != "https://keystone.example:5000/v3" || k.ProjectName != "containers" || k.UserDomainName != "Default" {
 		t.Errorf("example block read as %+v", k)
+	}
+}
+
+// The documented endpoint template and a portal map are accepted.
+func TestCinderEndpointTemplateAndPortalMap(t *testing.T) {
+	cfg, err := Parse([]byte(`default_backend = "os"
+[backends.os]
+type = "cinder"
+auth_url = "http://k:5000/v3"
+username = "u"
+password = "p"
+project_name = "p"
+endpoint = "https://cinder.example:8776/v3/%(project_id)s"
+portal_map = { "192.168.10.5:3260" = "203.0.113.7:3260" }
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := cinderSettings(t, cfg, "os")
+	if k.Endpoint != "https://cinder.example:8776/v3/%(project_id)s" || k.PortalMap["192.168.10.5:3260"] != "203.0.113.7:3260" {
+		t.Errorf("endpoint %q, portal_map %v", k.Endpoint, k.PortalMap)
 	}
 }

@@ -28,6 +28,10 @@ type ISCSITargetConfig struct {
 	TGTControlPort int `toml:"tgt_control_port"`
 	// Portal is the ip:port initiators log in to (port 3260 by default).
 	Portal string `toml:"portal"`
+	// Portals are more ip:port the target host answers on: every volume is
+	// logged in through Portal and each of them, in parallel, and used
+	// through dm-multipath when multipathd runs on this host.
+	Portals []string `toml:"portals"`
 	// IQNPrefix starts every target name: <iqn_prefix>:<volume>.
 	IQNPrefix string `toml:"iqn_prefix"`
 	// Pools maps volume types (`-o type=...`) to directories on the
@@ -85,9 +89,18 @@ func (t *ISCSITargetConfig) fill(c *Config) {
 	if t.LockTimeout.Duration == 0 {
 		t.LockTimeout.Duration = 30 * time.Second
 	}
-	if t.Portal != "" && net.ParseIP(strings.Trim(t.Portal, "[]")) != nil {
-		t.Portal = net.JoinHostPort(strings.Trim(t.Portal, "[]"), "3260")
+	t.Portal = withDefaultPort(t.Portal)
+	for k, p := range t.Portals {
+		t.Portals[k] = withDefaultPort(p)
 	}
+}
+
+// withDefaultPort gives a bare IP address iSCSI's port 3260.
+func withDefaultPort(p string) string {
+	if p != "" && net.ParseIP(strings.Trim(p, "[]")) != nil {
+		return net.JoinHostPort(strings.Trim(p, "[]"), "3260")
+	}
+	return p
 }
 
 // SSH is the parsed ssh:// Host: user and host:port. ok is false for a
@@ -164,10 +177,12 @@ func (t *ISCSITargetConfig) validate(key string, c *Config) []error {
 	if t.TGTControlPort < 0 || t.TGTControlPort > 65535 {
 		bad("tgt_control_port %d must be between 0 and 65535", t.TGTControlPort)
 	}
-	if host, port, err := net.SplitHostPort(t.Portal); err != nil || net.ParseIP(host) == nil {
-		bad("portal %q must be the ip:port initiators log in to (an IP address, not a host name)", t.Portal)
-	} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
-		bad("portal %q has an invalid port", t.Portal)
+	for _, p := range append([]string{t.Portal}, t.Portals...) {
+		if host, port, err := net.SplitHostPort(p); err != nil || net.ParseIP(host) == nil {
+			bad("portal %q must be the ip:port initiators log in to (an IP address, not a host name)", p)
+		} else if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			bad("portal %q has an invalid port", p)
+		}
 	}
 	switch {
 	case t.IQNPrefix == "":

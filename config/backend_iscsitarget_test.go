@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -80,6 +81,35 @@ pools = { fast = "/srv/fast" }
 	}
 	if c := cfg.Backends["t"].Settings.(*ISCSITargetConfig); c.DefaultPool != "fast" {
 		t.Fatalf("the only pool is not the default: %+v", c)
+	}
+}
+
+func TestISCSITargetPortals(t *testing.T) {
+	cfg, err := Parse([]byte(`
+default_backend = "t"
+[backends.t]
+type = "iscsitarget"
+portal = "10.0.0.5"
+portals = ["10.0.1.5", "[2001:db8::5]:3261"]
+iqn_prefix = "iqn.2024-01.org.example"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := cfg.Backends["t"].Settings.(*ISCSITargetConfig)
+	if want := []string{"10.0.1.5:3260", "[2001:db8::5]:3261"}; c.Portal != "10.0.0.5:3260" || !slices.Equal(c.Portals, want) {
+		t.Fatalf("portal %q, portals %q; want 10.0.0.5:3260 and %q", c.Portal, c.Portals, want)
+	}
+	_, err = Parse([]byte(`
+default_backend = "t"
+[backends.t]
+type = "iscsitarget"
+portal = "10.0.0.5"
+portals = ["target2.example.org:3260"]
+iqn_prefix = "iqn.2024-01.org.example"
+`))
+	if err == nil || !strings.Contains(err.Error(), `portal "target2.example.org:3260" must be the ip:port`) {
+		t.Fatalf("a host name in portals: %v", err)
 	}
 }
 

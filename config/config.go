@@ -42,6 +42,12 @@ type Config struct {
 
 	Defaults Defaults `toml:"defaults"`
 	Timeouts Timeouts `toml:"timeouts"`
+	// ReleaseDelay keeps a loop volume mounted that long after its last
+	// Unmount, so that a Mount right after joins the mount (Docker
+	// unmounts a volume after copying an image's files into it and
+	// mounts it again at once for the container). "0s", the default,
+	// unmounts and detaches at once. At most 5s.
+	ReleaseDelay Duration `toml:"release_delay"`
 	// ISCSI configures this host's iSCSI initiator, for the backends that
 	// attach over iSCSI.
 	ISCSI ISCSIConfig `toml:"iscsi"`
@@ -108,6 +114,10 @@ func knownBackendTypes() []string {
 	sort.Strings(names)
 	return names
 }
+
+// maxReleaseDelay bounds release_delay: a volume released stays mounted
+// no longer than a user could expect Docker's own copy-up to take.
+const maxReleaseDelay = 5 * time.Second
 
 // Duration is a time.Duration written as "90s" or "2m" in TOML.
 type Duration struct{ time.Duration }
@@ -260,6 +270,9 @@ func (c *Config) Validate() error {
 		if t.d <= 0 || t.d >= t.limit {
 			errs = append(errs, fmt.Errorf("%s %s must be positive and below Docker's own limit of %s", key, t.d, t.limit))
 		}
+	}
+	if d := c.ReleaseDelay.Duration; d < 0 || d > maxReleaseDelay {
+		errs = append(errs, fmt.Errorf("release_delay %s must be between 0s and %s", d, maxReleaseDelay))
 	}
 	if err := validateMetricsListen(c.Metrics.Listen); err != nil {
 		errs = append(errs, err)

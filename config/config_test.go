@@ -71,6 +71,8 @@ func TestParseErrorsNameTheKey(t *testing.T) {
 		{`log_level = "loud"`, `log_level "loud" must be one of debug, info, warn, error`},
 		{"[timeouts]\nmount = \"3m\"", "timeouts.mount 3m0s must be positive and below Docker's own limit of 2m0s"},
 		{"[timeouts]\nother = \"soon\"", `"soon" is not a duration`},
+		{`release_delay = "10s"`, "release_delay 10s must be between 0s and 5s"},
+		{`release_delay = "-1s"`, "release_delay -1s must be between 0s and 5s"},
 		{"[backends.local]\ntype = \"ceph\"", `backends.local.type "ceph" must be one of cinder, iscsitarget, loop`},
 		{"name = ", "expected value"},
 	} {

@@ -16,4 +16,10 @@ type ISCSIConfig struct {
 	LoginTimeout  Duration `toml:"login_timeout"`
 	DeviceTimeout Duration `toml:"device_timeout"`
 	LogoutTimeout Duration `toml:"logout_timeout"`
+	// ReplacementTimeout is how long I/O waits for a broken session to
+	// reconnect before it fails (open-iscsi's replacement_timeout, set on
+	// every session blockvol logs in); PortalLoginTimeout bounds the login
+	// to one portal, so that a dead portal costs seconds.
+	ReplacementTimeout Duration `toml:"replacement_timeout"`
+	PortalLoginTimeout Duration `toml:"portal_login_timeout"`
 }

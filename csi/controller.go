@@ -1,6 +1,7 @@
 package csi
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -235,18 +236,36 @@ func (s *Server) csiVolume(info volumes.Info) *csipb.Volume {
 // on this host (by CSI or Docker) or attached elsewhere is
 // FAILED_PRECONDITION.
 func (s *Server) DeleteVolume(ctx context.Context, req *csipb.DeleteVolumeRequest) (*csipb.DeleteVolumeResponse, error) {
-	id := req.GetVolumeId()
-	if id == "" {
-		return nil, invalid("volume_id is missing")
-	}
-	if volumes.ValidateName(id) != nil {
-		return &csipb.DeleteVolumeResponse{}, nil // no such volume can exist
-	}
-	err := s.core.Remove(ctx, id)
-	if err != nil && !errors.Is(err, sentinel.ErrNotFound) {
-		return nil, toStatus(err)
+	if err := remove(ctx, "volume_id", req.GetVolumeId(), s.core.Remove); err != nil {
+		return nil, err
 	}
 	return &csipb.DeleteVolumeResponse{}, nil
+}
+
+// remove is the body of DeleteVolume and DeleteSnapshot: an empty id is
+// INVALID_ARGUMENT naming field; an id no volume or snapshot can have, and
+// one rm reports missing (ErrNotFound), are success; rm's other errors
+// are returned as gRPC statuses.
+func remove(ctx context.Context, field, id string, rm func(context.Context, string) error) error {
+	if err := required(field, id); err != nil {
+		return err
+	}
+	if volumes.ValidateName(id) != nil {
+		return nil // no such volume or snapshot can exist
+	}
+	if err := rm(ctx, id); err != nil && !errors.Is(err, sentinel.ErrNotFound) {
+		return toStatus(err)
+	}
+	return nil
+}
+
+// required is INVALID_ARGUMENT "<field> is missing" when value is empty,
+// nil otherwise.
+func required(field, value string) error {
+	if value == "" {
+		return invalid("%s is missing", field)
+	}
+	return nil
 }
 
 // publishKey is the annotation that records the node a volume is
@@ -270,16 +289,8 @@ func (s *Server) knownNode(node, bn string) bool {
 // NodeStage attaches with preempt, which fences A off at the backend.
 func (s *Server) ControllerPublishVolume(ctx context.Context, req *csipb.ControllerPublishVolumeRequest) (*csipb.ControllerPublishVolumeResponse, error) {
 	id, node := req.GetVolumeId(), req.GetNodeId()
-	switch {
-	case id == "":
-		return nil, invalid("volume_id is missing")
-	case node == "":
-		return nil, invalid("node_id is missing")
-	case req.GetVolumeCapability() == nil:
-		return nil, invalid("volume_capability is missing")
-	}
-	if why := unsupported(req.GetVolumeCapability()); why != "" {
-		return nil, invalid("%s", why)
+	if err := cmp.Or(required("volume_id", id), required("node_id", node), usable(req.GetVolumeCapability())); err != nil {
+		return nil, err
 	}
 	info, err := s.core.Get(ctx, id)
 	if err != nil {

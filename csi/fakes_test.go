@@ -98,6 +98,7 @@ type fakeFS struct {
 func (f *fakeFS) Prepare(_ context.Context, _, fstype string, _ bool) (string, bool, error) {
 	return fstype, true, nil
 }
+func (f *fakeFS) FormatBlank(context.Context, string, string) error { return nil }
 func (f *fakeFS) Mount(_ context.Context, dev, target, _ string, _ []string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -116,6 +117,7 @@ func (f *fakeFS) MountedDevice(target string) (string, error) {
 	defer f.mu.Unlock()
 	return f.mounts[target], nil
 }
+func (f *fakeFS) InUse(dev string) (bool, error) { return false, nil }
 func (f *fakeFS) IsMountPoint(target string) (bool, error) {
 	d, err := f.MountedDevice(target)
 	return d != "", err

@@ -38,6 +38,37 @@ func (s *Server) NodeGetInfo(context.Context, *csipb.NodeGetInfoRequest) (*csipb
 	return &csipb.NodeGetInfoResponse{NodeId: s.cfg.NodeID, AccessibleTopology: s.nodeTopology()}, nil
 }
 
+// volumeAt checks a node request's volume_id and its absolute path field
+// what, and returns the path cleaned (absPath).
+func volumeAt(id, what, path string) (string, error) {
+	if id == "" {
+		return "", invalid("volume_id is missing")
+	}
+	return absPath(what, path)
+}
+
+// claimAt is volumeAt and usable: the first checks of the node requests
+// that claim a volume (stage, publish).
+func claimAt(id, what, path string, vc *csipb.VolumeCapability) (string, error) {
+	p, err := volumeAt(id, what, path)
+	if err != nil {
+		return "", err
+	}
+	return p, usable(vc)
+}
+
+// usable checks a request's volume_capability: present, and one blockvol
+// gives.
+func usable(vc *csipb.VolumeCapability) error {
+	if vc == nil {
+		return invalid("volume_capability is missing")
+	}
+	if why := unsupported(vc); why != "" {
+		return invalid("%s", why)
+	}
+	return nil
+}
+
 // absPath checks that the request's field what holds an absolute path p
 // and returns p cleaned; a missing or relative one is InvalidArgument.
 func absPath(what, p string) (string, error) {
@@ -56,18 +87,9 @@ func absPath(what, p string) (string, error) {
 // staging path (a raw block volume: its device on a file in it).
 func (s *Server) NodeStageVolume(ctx context.Context, req *csipb.NodeStageVolumeRequest) (*csipb.NodeStageVolumeResponse, error) {
 	id, vc := req.GetVolumeId(), req.GetVolumeCapability()
-	if id == "" {
-		return nil, invalid("volume_id is missing")
-	}
-	staging, err := absPath("staging_target_path", req.GetStagingTargetPath())
+	staging, err := claimAt(id, "staging_target_path", req.GetStagingTargetPath(), vc)
 	if err != nil {
 		return nil, err
-	}
-	if vc == nil {
-		return nil, invalid("volume_capability is missing")
-	}
-	if why := unsupported(vc); why != "" {
-		return nil, invalid("%s", why)
 	}
 	block := vc.GetBlock() != nil
 	if fs := vc.GetMount().GetFsType(); fs != "" {
@@ -109,15 +131,7 @@ func (s *Server) bind(ctx context.Context, source, target string, readOnly bool)
 // last claim of the volume on this host (CSI's or Docker's) unmounts and
 // detaches it.
 func (s *Server) NodeUnstageVolume(ctx context.Context, req *csipb.NodeUnstageVolumeRequest) (*csipb.NodeUnstageVolumeResponse, error) {
-	id := req.GetVolumeId()
-	if id == "" {
-		return nil, invalid("volume_id is missing")
-	}
-	staging, err := absPath("staging_target_path", req.GetStagingTargetPath())
-	if err != nil {
-		return nil, err
-	}
-	err = s.core.Unclaim(ctx, id, stagePrefix+staging, func(ctx context.Context) error {
+	err := s.unclaim(ctx, req.GetVolumeId(), "staging_target_path", req.GetStagingTargetPath(), stagePrefix, func(ctx context.Context, staging string) error {
 		if err := s.cfg.Mounts.Unbind(ctx, blockFile(staging)); err != nil {
 			return err
 		}
@@ -125,7 +139,7 @@ func (s *Server) NodeUnstageVolume(ctx context.Context, req *csipb.NodeUnstageVo
 		return s.cfg.Mounts.Unmount(ctx, staging)
 	})
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	return &csipb.NodeUnstageVolumeResponse{}, nil
 }
@@ -134,22 +148,13 @@ func (s *Server) NodeUnstageVolume(ctx context.Context, req *csipb.NodeUnstageVo
 // (read-only when asked) under the claim csi-publish:<target path>.
 func (s *Server) NodePublishVolume(ctx context.Context, req *csipb.NodePublishVolumeRequest) (*csipb.NodePublishVolumeResponse, error) {
 	id, vc := req.GetVolumeId(), req.GetVolumeCapability()
-	if id == "" {
-		return nil, invalid("volume_id is missing")
-	}
-	target, err := absPath("target_path", req.GetTargetPath())
+	target, err := claimAt(id, "target_path", req.GetTargetPath(), vc)
 	if err != nil {
 		return nil, err
-	}
-	if vc == nil {
-		return nil, invalid("volume_capability is missing")
 	}
 	staging, err := absPath("staging_target_path", req.GetStagingTargetPath())
 	if err != nil {
 		return nil, err
-	}
-	if why := unsupported(vc); why != "" {
-		return nil, invalid("%s", why)
 	}
 	block := vc.GetBlock() != nil
 	if !s.core.Holds(id, stagePrefix+staging) {
@@ -178,21 +183,31 @@ func (s *Server) NodePublishVolume(ctx context.Context, req *csipb.NodePublishVo
 // NodeUnpublishVolume unmounts and removes the target path and drops its
 // claim.
 func (s *Server) NodeUnpublishVolume(ctx context.Context, req *csipb.NodeUnpublishVolumeRequest) (*csipb.NodeUnpublishVolumeResponse, error) {
-	id := req.GetVolumeId()
-	if id == "" {
-		return nil, invalid("volume_id is missing")
-	}
-	target, err := absPath("target_path", req.GetTargetPath())
-	if err != nil {
-		return nil, err
-	}
-	err = s.core.Unclaim(ctx, id, publishPrefix+target, func(ctx context.Context) error {
+	err := s.unclaim(ctx, req.GetVolumeId(), "target_path", req.GetTargetPath(), publishPrefix, func(ctx context.Context, target string) error {
 		return s.cfg.Mounts.Unbind(ctx, target)
 	})
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, err
 	}
 	return &csipb.NodeUnpublishVolumeResponse{}, nil
+}
+
+// unclaim is the body of NodeUnstageVolume and NodeUnpublishVolume: it
+// checks id and the absolute path in field what (volumeAt), and drops the
+// claim prefix+<path cleaned> of the volume, with release(ctx, cleaned
+// path) run as core.Unclaim runs its release. Errors are gRPC statuses.
+func (s *Server) unclaim(ctx context.Context, id, what, path, prefix string, release func(ctx context.Context, path string) error) error {
+	path, err := volumeAt(id, what, path)
+	if err != nil {
+		return err
+	}
+	err = s.core.Unclaim(ctx, id, prefix+path, func(ctx context.Context) error {
+		return release(ctx, path)
+	})
+	if err != nil {
+		return toStatus(err)
+	}
+	return nil
 }
 
 // heldPath checks that volume id is staged or published on this node at

@@ -1,6 +1,7 @@
 package csi
 
 import (
+	"cmp"
 	"context"
 	"errors"
 
@@ -24,11 +25,8 @@ import (
 // ALREADY_EXISTS.
 func (s *Server) CreateSnapshot(ctx context.Context, req *csipb.CreateSnapshotRequest) (*csipb.CreateSnapshotResponse, error) {
 	name, src := req.GetName(), req.GetSourceVolumeId()
-	switch {
-	case name == "":
-		return nil, invalid("name is missing")
-	case src == "":
-		return nil, invalid("source_volume_id is missing")
+	if err := cmp.Or(required("name", name), required("source_volume_id", src)); err != nil {
+		return nil, err
 	}
 	if err := errors.Join(volumes.ValidateName(name), volumes.ValidateName(src)); err != nil {
 		return nil, toStatus(err)
@@ -58,8 +56,8 @@ func (s *Server) CreateSnapshot(ctx context.Context, req *csipb.CreateSnapshotRe
 // GetSnapshot describes one snapshot; NOT_FOUND when there is none.
 func (s *Server) GetSnapshot(ctx context.Context, req *csipb.GetSnapshotRequest) (*csipb.GetSnapshotResponse, error) {
 	id := req.GetSnapshotId()
-	if id == "" {
-		return nil, invalid("snapshot_id is missing")
+	if err := required("snapshot_id", id); err != nil {
+		return nil, err
 	}
 	if volumes.ValidateName(id) != nil {
 		return nil, status.Errorf(codes.NotFound, "snapshot %q does not exist", quote.Prefix(id))
@@ -73,15 +71,8 @@ func (s *Server) GetSnapshot(ctx context.Context, req *csipb.GetSnapshotRequest)
 
 // DeleteSnapshot removes a snapshot; a missing one is success.
 func (s *Server) DeleteSnapshot(ctx context.Context, req *csipb.DeleteSnapshotRequest) (*csipb.DeleteSnapshotResponse, error) {
-	id := req.GetSnapshotId()
-	if id == "" {
-		return nil, invalid("snapshot_id is missing")
-	}
-	if volumes.ValidateName(id) != nil {
-		return &csipb.DeleteSnapshotResponse{}, nil // no such snapshot can exist
-	}
-	if err := s.core.RemoveSnapshot(ctx, id); err != nil && !errors.Is(err, sentinel.ErrNotFound) {
-		return nil, toStatus(err)
+	if err := remove(ctx, "snapshot_id", req.GetSnapshotId(), s.core.RemoveSnapshot); err != nil {
+		return nil, err
 	}
 	return &csipb.DeleteSnapshotResponse{}, nil
 }

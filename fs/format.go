@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"github.com/blockvol/blockvol/hostexec"
+	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
 // Prepare makes sure dev holds a filesystem that can be mounted and returns
@@ -18,6 +19,11 @@ import (
 //     repair on its own are an error asking the operator to run e2fsck.
 //   - ext4 or xfs present, overwrite true: wipe every signature
 //     (wipefs -a) and make fstype; formatted=true.
+//   - A device in use (InUse: mounted in another mount namespace, say by
+//     containers that outlived a restart of a managed plugin) holding ext4
+//     or xfs: its filesystem is live, so it is used as it is, neither
+//     checked nor formatted; overwrite, or any other content, is refused
+//     (sentinel.ErrBusy).
 //   - Anything else (partition table, LVM2_member, swap, crypto_LUKS,
 //     another filesystem, conflicting signatures): never formatted, even
 //     with overwrite; the error wraps ErrForeignSignature and names what was
@@ -39,7 +45,16 @@ func (f *FS) Prepare(ctx context.Context, dev, fstype string, overwrite bool) (f
 		return "", false, err
 	}
 	log := f.log().With("device", dev)
+	busy, err := f.InUse(dev)
+	if err != nil {
+		return "", false, err
+	}
 	switch {
+	case busy && (overwrite || !sig.ours()):
+		return "", false, fmt.Errorf("device %s is in use (mounted elsewhere?); blockvol never formats a device in use: %w", dev, sentinel.ErrBusy)
+	case busy:
+		log.Warn("device is in use elsewhere (mounted in another mount namespace?); its filesystem is live and is used as it is, not checked", "fstype", sig.Type)
+		return sig.Type, false, nil
 	case sig.blank():
 		if err := f.checkWritable(dev); err != nil {
 			return "", false, err
@@ -79,6 +94,25 @@ func (f *FS) Prepare(ctx context.Context, dev, fstype string, overwrite bool) (f
 		}
 	}
 	return sig.Type, false, nil
+}
+
+// FormatBlank makes fstype on dev, a device the caller has proven to hold
+// nothing but zeros (backends.BlankProver), without probing it first: on
+// such a device Prepare's probe finds nothing and Prepare formats it. A
+// read-only device is still refused (ErrReadOnly).
+func (f *FS) FormatBlank(ctx context.Context, dev, fstype string) error {
+	if !supported(fstype) {
+		return fmt.Errorf("format device %s: unsupported filesystem type %q (supported: %s)",
+			dev, fstype, strings.Join(SupportedFSTypes, ", "))
+	}
+	if err := f.checkWritable(dev); err != nil {
+		return err
+	}
+	if err := f.format(ctx, dev, fstype); err != nil {
+		return err
+	}
+	f.log().Info("formatted blank device", "device", dev, "fstype", fstype)
+	return nil
 }
 
 // mkfsArgv is the command that creates fstype on dev in a time independent

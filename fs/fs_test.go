@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/blockvol/blockvol/hostexec"
+	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
 const dev = "/dev/loop3"
@@ -38,6 +39,7 @@ func TestPrepare(t *testing.T) {
 		overwrite bool
 		calls     []hostexec.Call
 		readOnly  bool // the kernel has the device read-only
+		claimed   bool // another holds the device (mounted elsewhere)
 		wantType  string
 		wantFmt   bool
 		wantErrIs error    // nil: no error expected unless wantErr is set
@@ -182,6 +184,31 @@ func TestPrepare(t *testing.T) {
 			wantErr: []string{"probe device /dev/loop3", "No such device"},
 		},
 		{
+			name: "ext4 in use elsewhere: used as it is, not checked", fstype: "ext4",
+			calls:    []hostexec.Call{blkidFound("TYPE=ext4")},
+			claimed:  true,
+			wantType: "ext4",
+		},
+		{
+			name: "xfs in use elsewhere, ext4 requested: xfs as it is", fstype: "ext4",
+			calls:    []hostexec.Call{blkidFound("TYPE=xfs")},
+			claimed:  true,
+			wantType: "xfs",
+		},
+		{
+			name: "in use: never wiped", fstype: "ext4", overwrite: true,
+			calls:     []hostexec.Call{blkidFound("TYPE=ext4")},
+			claimed:   true,
+			wantErrIs: sentinel.ErrBusy,
+			wantErr:   []string{"/dev/loop3", "in use", "never formats"},
+		},
+		{
+			name: "in use and blank (a device-mapper map over it): never formatted", fstype: "xfs",
+			calls:     []hostexec.Call{blkidBlank},
+			claimed:   true,
+			wantErrIs: sentinel.ErrBusy,
+		},
+		{
 			name: "unsupported type runs nothing", fstype: "btrfs",
 			wantErr: []string{"unsupported filesystem type \"btrfs\""},
 		},
@@ -189,7 +216,7 @@ func TestPrepare(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			fake := hostexec.NewFake(t, tt.calls...)
-			f := &FS{Run: fake, Mounter: &fakeMounter{t: t, readOnly: tt.readOnly}, Log: quietLog()}
+			f := &FS{Run: fake, Mounter: &fakeMounter{t: t, readOnly: tt.readOnly, claimed: tt.claimed}, Log: quietLog()}
 			gotType, gotFmt, err := f.Prepare(context.Background(), dev, tt.fstype, tt.overwrite)
 			fake.Done()
 			wantFail := tt.wantErrIs != nil || tt.wantErr != nil
@@ -222,7 +249,7 @@ func TestPrepare(t *testing.T) {
 
 func TestPrepareE2fsckExitCodeKept(t *testing.T) {
 	fake := hostexec.NewFake(t, blkidFound("TYPE=ext4"), hostexec.Call{Argv: e2fsckArgv, Code: 4})
-	f := &FS{Run: fake, Log: quietLog()}
+	f := &FS{Run: fake, Mounter: &fakeMounter{t: t}, Log: quietLog()}
 	_, _, err := f.Prepare(context.Background(), dev, "ext4", false)
 	fake.Done()
 	if got := hostexec.ExitCode(err); got != 4 {

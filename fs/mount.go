@@ -20,6 +20,11 @@ type Mounter interface {
 	// ReadOnly reports whether the kernel has block device dev read-only
 	// (the BLKROGET ioctl, what `blockdev --getro` prints).
 	ReadOnly(dev string) (bool, error)
+	// Claimed reports whether something holds block device dev
+	// exclusively: a filesystem mounted from it in any mount namespace, a
+	// device-mapper map over it, a mkfs or e2fsck running on it. A device
+	// that is gone is not claimed.
+	Claimed(dev string) (bool, error)
 }
 
 // SyscallMounter calls the kernel directly. It uses the standard syscall
@@ -49,6 +54,33 @@ func (SyscallMounter) ReadOnly(dev string) (bool, error) {
 		return false, fmt.Errorf("BLKROGET: %w", err)
 	}
 	return ro != 0, nil
+}
+
+// Claimed implements Mounter: an exclusive open (O_EXCL on a block device,
+// what mount(2), mkfs and e2fsck take) fails with EBUSY while another holds
+// the device.
+func (SyscallMounter) Claimed(dev string) (bool, error) {
+	f, err := os.OpenFile(dev, os.O_RDONLY|unix.O_EXCL|unix.O_CLOEXEC, 0)
+	switch {
+	case err == nil:
+		return false, f.Close()
+	case errors.Is(err, syscall.EBUSY):
+		return true, nil
+	case errors.Is(err, os.ErrNotExist), errors.Is(err, syscall.ENXIO), errors.Is(err, syscall.ENODEV):
+		return false, nil
+	}
+	return false, err
+}
+
+// InUse reports whether block device dev is held by another: mounted in
+// some mount namespace (this one's mountinfo may not show it), or claimed
+// by device-mapper. Its filesystem, if any, is then live.
+func (f *FS) InUse(dev string) (bool, error) {
+	busy, err := f.Mounter.Claimed(dev)
+	if err != nil {
+		return false, fmt.Errorf("check whether device %s is in use: %w", dev, err)
+	}
+	return busy, nil
 }
 
 // Mount creates target (mode 0755, parents included) if it is missing and

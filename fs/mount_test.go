@@ -29,9 +29,11 @@ type fakeMounter struct {
 	mountErr   error
 	unmountErr error
 	readOnly   bool
+	claimed    bool
 }
 
 func (m *fakeMounter) ReadOnly(dev string) (bool, error) { return m.readOnly, nil }
+func (m *fakeMounter) Claimed(dev string) (bool, error)  { return m.claimed, nil }
 
 func (m *fakeMounter) Mount(source, target, fstype string, flags uintptr, data string) error {
 	m.mounts = append(m.mounts, mountCall{source, target, fstype, flags, data})

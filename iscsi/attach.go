@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -12,11 +13,13 @@ const multipathCheckTimeout = 5 * time.Second
 
 // Attach logs this host in to t and returns the block device of t.LUN.
 //
-// For each portal, in order: the node record is prepared — sendtargets
-// discovery (with DiscoveryCHAP written to the discovery record first, when
-// given) or an explicit `-o new` record —, the session CHAP is written to the
-// record when t.CHAP is set (and only then), and the portal is logged in. A
-// session that already exists (iscsiadm exit 15) counts as logged in; the
+// Every portal is logged in at once (see loginAll): its node record is
+// prepared — sendtargets discovery (with DiscoveryCHAP written to the
+// discovery record first, when given) or an explicit `-o new` record —,
+// the session timeouts of Config (nodeSettings) and, when t.CHAP is set
+// (and only then), the session CHAP are written to the record, and the
+// portal is logged in. A session that already exists (iscsiadm exit 15)
+// counts as logged in; its recovery timeout is set through sysfs and the
 // session is then rescanned, so that a LUN added to the target since the
 // login shows up. Attach succeeds when at least one portal logs in; the
 // failures of the others are logged as warnings. When every portal fails,
@@ -42,19 +45,8 @@ func (i *Initiator) Attach(ctx context.Context, t Target) (string, error) {
 	}
 	defer unlock()
 
-	var up []portal
-	var errs []error
-	for _, p := range portals {
-		if err := i.connect(ctx, t, p); err != nil {
-			if ctx.Err() != nil {
-				return "", err
-			}
-			errs = append(errs, err)
-			continue
-		}
-		up = append(up, p)
-	}
-	if len(up) == 0 {
+	up, errs := i.loginAll(ctx, t, portals)
+	if len(up) == 0 || (ctx.Err() != nil && len(errs) > 0) {
 		return "", errorsJoin(errs)
 	}
 	for _, err := range errs {
@@ -79,38 +71,84 @@ func (i *Initiator) Attach(ctx context.Context, t Target) (string, error) {
 	return dev, nil
 }
 
-// connect prepares the node record of (t, p) and logs it in.
-func (i *Initiator) connect(ctx context.Context, t Target, p portal) error {
+// loginAll logs t in through every portal, the portals in parallel: first
+// every node record is prepared, then each is tuned and logged in. The
+// records are all prepared before any is tuned because sendtargets
+// discovery through one portal rewrites the records of every portal the
+// target reports, which would undo another portal's settings. It returns
+// the portals logged in, in the order of portals, and the failures of the
+// others.
+func (i *Initiator) loginAll(ctx context.Context, t Target, portals []portal) ([]portal, []error) {
+	res := make([]error, len(portals))
+	i.parallel(portals, res, func(p portal) error { return i.prepare(ctx, t, p) })
+	i.parallel(portals, res, func(p portal) error { return i.login(ctx, t, p) })
+	var up []portal
+	var errs []error
+	for k, p := range portals {
+		if res[k] != nil {
+			errs = append(errs, res[k])
+			continue
+		}
+		up = append(up, p)
+	}
+	return up, errs
+}
+
+// parallel runs f on each portal whose result in res is still nil, all at
+// once, and stores the results in res.
+func (i *Initiator) parallel(portals []portal, res []error, f func(portal) error) {
+	var wg sync.WaitGroup
+	for k, p := range portals {
+		if res[k] != nil {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res[k] = f(p)
+		}()
+	}
+	wg.Wait()
+}
+
+// prepare creates the node record of (t, p): sendtargets discovery through
+// p (with the discovery CHAP written to its discovery record first), or an
+// explicit record.
+func (i *Initiator) prepare(ctx context.Context, t Target, p portal) error {
 	secrets := secretsOf(t.CHAP, t.DiscoveryCHAP)
 	lt := i.cfg.LoginTimeout
-	if t.Discovery {
-		if t.DiscoveryCHAP != nil {
-			if err := i.iscsiadm(ctx, lt, opDiscoveryRec, t.IQN, p, secrets, i.discoveryArgs(p, "-o", "new")); err != nil {
-				return err
-			}
-			for _, kv := range chapSettings("discovery.sendtargets.auth.", t.DiscoveryCHAP) {
-				if err := i.iscsiadm(ctx, lt, opDiscoveryRec, t.IQN, p, secrets,
-					i.discoveryArgs(p, "-o", "update", "-n", kv[0], "-v", kv[1])); err != nil {
-					return err
-				}
-			}
-		}
-		if err := i.iscsiadm(ctx, lt, opDiscovery, t.IQN, p, secrets, i.discoveryArgs(p, "--discover")); err != nil {
-			return err
-		}
-	} else {
+	if !t.Discovery {
 		// -o new rewrites an existing record with iscsid.conf defaults,
 		// which is what we want: no stale CHAP from an earlier attach.
-		if err := i.iscsiadm(ctx, lt, opNodeNew, t.IQN, p, secrets, i.nodeArgs(t.IQN, p, "-o", "new")); err != nil {
+		return i.iscsiadm(ctx, lt, opNodeNew, t.IQN, p, secrets, i.nodeArgs(t.IQN, p, "-o", "new"))
+	}
+	if t.DiscoveryCHAP != nil {
+		if err := i.iscsiadm(ctx, lt, opDiscoveryRec, t.IQN, p, secrets, i.discoveryArgs(p, "-o", "new")); err != nil {
 			return err
 		}
-	}
-	if t.CHAP != nil {
-		for _, kv := range chapSettings("node.session.auth.", t.CHAP) {
-			if err := i.iscsiadm(ctx, lt, opNodeUpdate, t.IQN, p, secrets,
-				i.nodeArgs(t.IQN, p, "-o", "update", "-n", kv[0], "-v", kv[1])); err != nil {
+		for _, kv := range chapSettings("discovery.sendtargets.auth.", t.DiscoveryCHAP) {
+			if err := i.iscsiadm(ctx, lt, opDiscoveryRec, t.IQN, p, secrets,
+				i.discoveryArgs(p, "-o", "update", "-n", kv[0], "-v", kv[1])); err != nil {
 				return err
 			}
+		}
+	}
+	return i.iscsiadm(ctx, lt, opDiscovery, t.IQN, p, secrets, i.discoveryArgs(p, "--discover"))
+}
+
+// login writes the session settings (nodeSettings) and, when t.CHAP is
+// set, the session CHAP to the node record of (t, p), and logs it in.
+func (i *Initiator) login(ctx context.Context, t Target, p portal) error {
+	secrets := secretsOf(t.CHAP, t.DiscoveryCHAP)
+	lt := i.cfg.LoginTimeout
+	settings := i.nodeSettings()
+	if t.CHAP != nil {
+		settings = append(settings, chapSettings("node.session.auth.", t.CHAP)...)
+	}
+	for _, kv := range settings {
+		if err := i.iscsiadm(ctx, lt, opNodeUpdate, t.IQN, p, secrets,
+			i.nodeArgs(t.IQN, p, "-o", "update", "-n", kv[0], "-v", kv[1])); err != nil {
+			return err
 		}
 	}
 
@@ -121,6 +159,7 @@ func (i *Initiator) connect(ctx context.Context, t Target, p portal) error {
 		return nil
 	case exitStatus(err) == exitSessExists:
 		i.log.Info("iSCSI session already exists; rescanning it for new LUNs", "iqn", t.IQN, "portal", p.arg)
+		i.setRecoveryTimeout(t.IQN, p)
 		if rerr := i.iscsiadm(ctx, lt, opRescan, t.IQN, p, secrets, i.nodeArgs(t.IQN, p, "--rescan")); rerr != nil {
 			if ctx.Err() != nil {
 				return rerr

@@ -34,17 +34,29 @@ func TestAttachArgv(t *testing.T) {
 		target: Target{IQN: testIQN, Portals: []string{portalA}, LUN: 1},
 		calls: []hostexec.Call{
 			{Argv: []string{"iscsiadm", "-m", "node", "-T", testIQN, "-p", "127.0.0.1:3260", "-o", "new"}},
+			{Argv: []string{"iscsiadm", "-m", "node", "-T", testIQN, "-p", "127.0.0.1:3260", "-o", "update", "-n", "node.session.timeo.replacement_timeout", "-v", "15"}},
+			{Argv: []string{"iscsiadm", "-m", "node", "-T", testIQN, "-p", "127.0.0.1:3260", "-o", "update", "-n", "node.conn[0].timeo.login_timeout", "-v", "5"}},
+			{Argv: []string{"iscsiadm", "-m", "node", "-T", testIQN, "-p", "127.0.0.1:3260", "-o", "update", "-n", "node.session.initial_login_retry_max", "-v", "0"}},
 			{Argv: []string{"iscsiadm", "-m", "node", "-T", testIQN, "-p", "127.0.0.1:3260", "--login"}},
 		},
 	}, {
 		name:   "portal without port gets 3260",
 		target: Target{IQN: testIQN, Portals: []string{"127.0.0.1"}, LUN: 1},
-		calls:  []hostexec.Call{{Argv: node("-o", "new")}, {Argv: node("--login")}},
+		calls: []hostexec.Call{
+			{Argv: node("-o", "new")},
+			{Argv: node("-o", "update", "-n", "node.session.timeo.replacement_timeout", "-v", "15")},
+			{Argv: node("-o", "update", "-n", "node.conn[0].timeo.login_timeout", "-v", "5")},
+			{Argv: node("-o", "update", "-n", "node.session.initial_login_retry_max", "-v", "0")},
+			{Argv: node("--login")},
+		},
 	}, {
 		name:   "CHAP",
 		target: Target{IQN: testIQN, Portals: []string{portalA}, LUN: 1, CHAP: &CHAP{Username: "user", Password: secret}},
 		calls: []hostexec.Call{
 			{Argv: node("-o", "new")},
+			{Argv: node("-o", "update", "-n", "node.session.timeo.replacement_timeout", "-v", "15")},
+			{Argv: node("-o", "update", "-n", "node.conn[0].timeo.login_timeout", "-v", "5")},
+			{Argv: node("-o", "update", "-n", "node.session.initial_login_retry_max", "-v", "0")},
 			{Argv: node("-o", "update", "-n", "node.session.auth.authmethod", "-v", "CHAP")},
 			{Argv: node("-o", "update", "-n", "node.session.auth.username", "-v", "user")},
 			{Argv: node("-o", "update", "-n", "node.session.auth.password", "-v", secret)},
@@ -56,6 +68,9 @@ func TestAttachArgv(t *testing.T) {
 			CHAP: &CHAP{Username: "user", Password: secret, MutualUsername: "tgt", MutualPassword: mutualSecret}},
 		calls: []hostexec.Call{
 			{Argv: node("-o", "new")},
+			{Argv: node("-o", "update", "-n", "node.session.timeo.replacement_timeout", "-v", "15")},
+			{Argv: node("-o", "update", "-n", "node.conn[0].timeo.login_timeout", "-v", "5")},
+			{Argv: node("-o", "update", "-n", "node.session.initial_login_retry_max", "-v", "0")},
 			{Argv: node("-o", "update", "-n", "node.session.auth.authmethod", "-v", "CHAP")},
 			{Argv: node("-o", "update", "-n", "node.session.auth.username", "-v", "user")},
 			{Argv: node("-o", "update", "-n", "node.session.auth.password", "-v", secret)},
@@ -69,6 +84,9 @@ func TestAttachArgv(t *testing.T) {
 		calls: []hostexec.Call{
 			{Argv: adm("-m", "discoverydb", "-t", "sendtargets", "-p", portalA, "--discover"),
 				Stdout: portalA + ",1 " + testIQN + "\n"},
+			{Argv: node("-o", "update", "-n", "node.session.timeo.replacement_timeout", "-v", "15")},
+			{Argv: node("-o", "update", "-n", "node.conn[0].timeo.login_timeout", "-v", "5")},
+			{Argv: node("-o", "update", "-n", "node.session.initial_login_retry_max", "-v", "0")},
 			{Argv: node("--login")},
 		},
 	}, {
@@ -82,6 +100,9 @@ func TestAttachArgv(t *testing.T) {
 			{Argv: adm("-m", "discoverydb", "-t", "sendtargets", "-p", portalA, "-o", "update", "-n", "discovery.sendtargets.auth.username", "-v", "duser")},
 			{Argv: adm("-m", "discoverydb", "-t", "sendtargets", "-p", portalA, "-o", "update", "-n", "discovery.sendtargets.auth.password", "-v", discSecret)},
 			{Argv: adm("-m", "discoverydb", "-t", "sendtargets", "-p", portalA, "--discover")},
+			{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "update", "-n", "node.session.timeo.replacement_timeout", "-v", "15")},
+			{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "update", "-n", "node.conn[0].timeo.login_timeout", "-v", "5")},
+			{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "update", "-n", "node.session.initial_login_retry_max", "-v", "0")},
 			{Argv: node("-o", "update", "-n", "node.session.auth.authmethod", "-v", "CHAP")},
 			{Argv: node("-o", "update", "-n", "node.session.auth.username", "-v", "user")},
 			{Argv: node("-o", "update", "-n", "node.session.auth.password", "-v", secret)},
@@ -93,6 +114,9 @@ func TestAttachArgv(t *testing.T) {
 		target: Target{IQN: testIQN, Portals: []string{portalA}, LUN: 1, Discovery: true, CHAP: &CHAP{Username: "user", Password: secret}},
 		calls: []hostexec.Call{
 			{Argv: adm("-m", "discoverydb", "-t", "sendtargets", "-p", portalA, "-I", "iface0", "--discover")},
+			{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-I", "iface0", "-o", "update", "-n", "node.session.timeo.replacement_timeout", "-v", "15")},
+			{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-I", "iface0", "-o", "update", "-n", "node.conn[0].timeo.login_timeout", "-v", "5")},
+			{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-I", "iface0", "-o", "update", "-n", "node.session.initial_login_retry_max", "-v", "0")},
 			{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-I", "iface0", "-o", "update", "-n", "node.session.auth.authmethod", "-v", "CHAP")},
 			{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-I", "iface0", "-o", "update", "-n", "node.session.auth.username", "-v", "user")},
 			{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-I", "iface0", "-o", "update", "-n", "node.session.auth.password", "-v", secret)},
@@ -103,6 +127,9 @@ func TestAttachArgv(t *testing.T) {
 		target: Target{IQN: testIQN, Portals: []string{portalA}, LUN: 1},
 		calls: []hostexec.Call{
 			{Argv: node("-o", "new")},
+			{Argv: node("-o", "update", "-n", "node.session.timeo.replacement_timeout", "-v", "15")},
+			{Argv: node("-o", "update", "-n", "node.conn[0].timeo.login_timeout", "-v", "5")},
+			{Argv: node("-o", "update", "-n", "node.session.initial_login_retry_max", "-v", "0")},
 			{Argv: node("--login"), Code: 15, Stderr: "iscsiadm: default: 1 session requested, but 1 already present.\n"},
 			{Argv: node("--rescan")},
 		},
@@ -111,6 +138,9 @@ func TestAttachArgv(t *testing.T) {
 		target: Target{IQN: testIQN, Portals: []string{portalA}, LUN: 1},
 		calls: []hostexec.Call{
 			{Argv: node("-o", "new")},
+			{Argv: node("-o", "update", "-n", "node.session.timeo.replacement_timeout", "-v", "15")},
+			{Argv: node("-o", "update", "-n", "node.conn[0].timeo.login_timeout", "-v", "5")},
+			{Argv: node("-o", "update", "-n", "node.session.initial_login_retry_max", "-v", "0")},
 			{Argv: node("--login"), Code: 15},
 			{Argv: node("--rescan"), Code: 21},
 		},
@@ -152,8 +182,14 @@ func TestAttachPrefersByPathLink(t *testing.T) {
 
 	fake := hostexec.NewFake(t,
 		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "new")},
+		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "update", "-n", "node.session.timeo.replacement_timeout", "-v", "15")},
+		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "update", "-n", "node.conn[0].timeo.login_timeout", "-v", "5")},
+		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "update", "-n", "node.session.initial_login_retry_max", "-v", "0")},
 		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "--login")},
 		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "new")},
+		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "update", "-n", "node.session.timeo.replacement_timeout", "-v", "15")},
+		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "update", "-n", "node.conn[0].timeo.login_timeout", "-v", "5")},
+		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "update", "-n", "node.session.initial_login_retry_max", "-v", "0")},
 		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "--login"), Code: 15},
 		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "--rescan")},
 	)
@@ -170,14 +206,8 @@ func TestAttachPrefersByPathLink(t *testing.T) {
 }
 
 func TestAttachTwoPortals(t *testing.T) {
-	twoPortalCalls := func(extra ...hostexec.Call) []hostexec.Call {
-		calls := []hostexec.Call{
-			{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "new")},
-			{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "--login")},
-			{Argv: adm("-m", "node", "-T", testIQN, "-p", portalB, "-o", "new")},
-			{Argv: adm("-m", "node", "-T", testIQN, "-p", portalB, "--login")},
-		}
-		return append(calls, extra...)
+	twoPortals := func(t *testing.T, rest ...hostexec.Call) *byPortal {
+		return newByPortal(t, map[string][]hostexec.Call{portalA: tuned(portalA, 0), portalB: tuned(portalB, 0)}, rest...)
 	}
 	target := Target{IQN: testIQN, Portals: []string{portalA, portalB}, LUN: 2}
 
@@ -187,7 +217,7 @@ func TestAttachTwoPortals(t *testing.T) {
 		tr.addSession(2, testIQN, "127.0.0.2", 3260)
 		tr.addLUN(1, 2, "sdb")
 		tr.addLUN(2, 2, "sdc")
-		fake := hostexec.NewFake(t, twoPortalCalls()...)
+		fake := twoPortals(t)
 		i, logs := newTestInitiator(t, tr, fake, nil)
 		dev, err := i.Attach(context.Background(), target)
 		if err != nil {
@@ -211,7 +241,7 @@ func TestAttachTwoPortals(t *testing.T) {
 		tr.addLUN(2, 2, "sdc")
 		// The map appears a little after the paths, as multipathd builds it.
 		built := make(chan struct{})
-		fake := hostexec.NewFake(t, twoPortalCalls(hostexec.Call{
+		fake := twoPortals(t, hostexec.Call{
 			Argv: []string{"multipathd", "show", "daemon"}, Stdout: "pid 812 idle\n",
 			Do: func() {
 				go func() {
@@ -220,7 +250,7 @@ func TestAttachTwoPortals(t *testing.T) {
 					tr.addDM("dm-3", "mpatha", "mpath-36001405abcdef", "sdb", "sdc")
 				}()
 			},
-		})...)
+		})
 		defer func() { <-built }()
 		i, _ := newTestInitiator(t, tr, fake, func(c *Config) { c.MultipathActive = nil })
 		dev, err := i.Attach(context.Background(), target)
@@ -240,7 +270,7 @@ func TestAttachTwoPortals(t *testing.T) {
 		tr.addLUN(1, 2, "sdb")
 		tr.addLUN(2, 2, "sdc")
 		tr.addDM("dm-4", "vg-lv", "LVM-xyz", "sdb") // not a multipath map
-		fake := hostexec.NewFake(t, twoPortalCalls()...)
+		fake := twoPortals(t)
 		i, _ := newTestInitiator(t, tr, fake, func(c *Config) {
 			c.MultipathActive = func(context.Context) bool { return true }
 			c.DeviceTimeout = 200 * time.Millisecond
@@ -256,12 +286,7 @@ func TestAttachTwoPortals(t *testing.T) {
 		tr := newTree(t)
 		tr.addSession(2, testIQN, "127.0.0.2", 3260)
 		tr.addLUN(2, 2, "sdc")
-		fake := hostexec.NewFake(t,
-			hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "new")},
-			hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "--login"), Code: 8},
-			hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalB, "-o", "new")},
-			hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalB, "--login")},
-		)
+		fake := newByPortal(t, map[string][]hostexec.Call{portalA: tuned(portalA, 8), portalB: tuned(portalB, 0)})
 		i, logs := newTestInitiator(t, tr, fake, nil)
 		dev, err := i.Attach(context.Background(), target)
 		if err != nil {
@@ -278,12 +303,7 @@ func TestAttachTwoPortals(t *testing.T) {
 
 	t.Run("both portals down: both named", func(t *testing.T) {
 		tr := newTree(t)
-		fake := hostexec.NewFake(t,
-			hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "new")},
-			hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "--login"), Code: 4},
-			hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalB, "-o", "new")},
-			hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalB, "--login"), Code: 8},
-		)
+		fake := newByPortal(t, map[string][]hostexec.Call{portalA: tuned(portalA, 4), portalB: tuned(portalB, 8)})
 		i, _ := newTestInitiator(t, tr, fake, nil)
 		_, err := i.Attach(context.Background(), target)
 		if err == nil || !strings.Contains(err.Error(), portalA) || !strings.Contains(err.Error(), portalB) ||
@@ -307,7 +327,12 @@ func TestAttachErrors(t *testing.T) {
 		{Argv: node("-o", "update", "-n", "node.session.auth.password", "-v", secret)},
 	}
 	withLogin := func(code int, stderr string) []hostexec.Call {
-		calls := append([]hostexec.Call{{Argv: node("-o", "new")}}, updates...)
+		calls := append([]hostexec.Call{
+			{Argv: node("-o", "new")},
+			{Argv: node("-o", "update", "-n", "node.session.timeo.replacement_timeout", "-v", "15")},
+			{Argv: node("-o", "update", "-n", "node.conn[0].timeo.login_timeout", "-v", "5")},
+			{Argv: node("-o", "update", "-n", "node.session.initial_login_retry_max", "-v", "0")},
+		}, updates...)
 		return append(calls, hostexec.Call{Argv: node("--login"), Code: code, Stderr: stderr})
 	}
 	tests := []struct {
@@ -345,6 +370,9 @@ func TestAttachErrors(t *testing.T) {
 		name: "update failure with the secret on stderr",
 		calls: []hostexec.Call{
 			{Argv: node("-o", "new")},
+			{Argv: node("-o", "update", "-n", "node.session.timeo.replacement_timeout", "-v", "15")},
+			{Argv: node("-o", "update", "-n", "node.conn[0].timeo.login_timeout", "-v", "5")},
+			{Argv: node("-o", "update", "-n", "node.session.initial_login_retry_max", "-v", "0")},
 			updates[0], updates[1],
 			{Argv: updates[2].Argv, Code: 7, Stderr: "iscsiadm: Cannot set value " + secret + "\n"},
 		},
@@ -390,6 +418,9 @@ func TestAttachLoginTimeout(t *testing.T) {
 	login := adm("-m", "node", "-T", testIQN, "-p", portalA, "--login")
 	fake := hostexec.NewFake(t,
 		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "new")},
+		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "update", "-n", "node.session.timeo.replacement_timeout", "-v", "15")},
+		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "update", "-n", "node.conn[0].timeo.login_timeout", "-v", "5")},
+		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "update", "-n", "node.session.initial_login_retry_max", "-v", "0")},
 		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "--logout"), Code: 21},
 	)
 	i, _ := newTestInitiator(t, tr, blockOn{Runner: fake, argv: login}, func(c *Config) { c.LoginTimeout = 100 * time.Millisecond })
@@ -411,6 +442,9 @@ func TestAttachDeviceLater(t *testing.T) {
 	tr.addSession(1, testIQN, "127.0.0.1", 3260)
 	fake := hostexec.NewFake(t,
 		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "new")},
+		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "update", "-n", "node.session.timeo.replacement_timeout", "-v", "15")},
+		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "update", "-n", "node.conn[0].timeo.login_timeout", "-v", "5")},
+		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "update", "-n", "node.session.initial_login_retry_max", "-v", "0")},
 		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "--login"), Do: func() {
 			go func() {
 				defer close(created)
@@ -442,6 +476,9 @@ func TestAttachDeviceNeverAppears(t *testing.T) {
 	calls := func() []hostexec.Call {
 		return []hostexec.Call{
 			{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "new")},
+			{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "update", "-n", "node.session.timeo.replacement_timeout", "-v", "15")},
+			{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "update", "-n", "node.conn[0].timeo.login_timeout", "-v", "5")},
+			{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "update", "-n", "node.session.initial_login_retry_max", "-v", "0")},
 			{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "--login")},
 		}
 	}
@@ -562,13 +599,8 @@ func TestAttachMultipathChecks(t *testing.T) {
 		tr.addSession(2, testIQN, "127.0.0.2", 3260)
 		tr.addLUN(1, 0, "sdb")
 		tr.addLUN(2, 0, "sdc")
-		fake := hostexec.NewFake(t,
-			hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "new")},
-			hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "--login")},
-			hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalB, "-o", "new")},
-			hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalB, "--login")},
-			hostexec.Call{Argv: []string{"multipathd", "show", "daemon"}, Code: 1, Stderr: "can't connect to socket\n"},
-		)
+		fake := newByPortal(t, map[string][]hostexec.Call{portalA: tuned(portalA, 0), portalB: tuned(portalB, 0)},
+			hostexec.Call{Argv: []string{"multipathd", "show", "daemon"}, Code: 1, Stderr: "can't connect to socket\n"})
 		i, logs := newTestInitiator(t, tr, fake, func(c *Config) { c.MultipathActive = nil })
 		dev, err := i.Attach(context.Background(), Target{IQN: testIQN, Portals: []string{portalA, portalB}})
 		if want := filepath.Join(tr.dev, "sdb"); err != nil || dev != want {
@@ -587,6 +619,9 @@ func TestAttachMultipathChecks(t *testing.T) {
 		tr.addDM("dm-2", "mpathc", "mpath-3600c", "sdb")
 		fake := hostexec.NewFake(t,
 			hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "new")},
+			hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "update", "-n", "node.session.timeo.replacement_timeout", "-v", "15")},
+			hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "update", "-n", "node.conn[0].timeo.login_timeout", "-v", "5")},
+			hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "update", "-n", "node.session.initial_login_retry_max", "-v", "0")},
 			hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "--login")},
 		)
 		i, _ := newTestInitiator(t, tr, fake, nil)
@@ -596,4 +631,33 @@ func TestAttachMultipathChecks(t *testing.T) {
 		}
 		fake.Done()
 	})
+}
+
+// TestAttachRetriesNodeDatabaseError: a record creation and a record
+// update that fail with iscsiadm's node database error (exit 6, another
+// iscsiadm's record operation at the same time) are made again; the login
+// itself is not.
+func TestAttachRetriesNodeDatabaseError(t *testing.T) {
+	defer func(b time.Duration) { idbmBackoff = b }(idbmBackoff)
+	idbmBackoff = time.Millisecond
+	const dbErr = "iscsiadm: Could not add new record: encountered iSCSI database failure\n"
+	tr := newTree(t)
+	tr.addSession(1, testIQN, "127.0.0.1", 3260)
+	tr.addLUN(1, 1, "sdb")
+	ok := tuned(portalA, 0) // new, 3 updates, login
+	failed := func(c hostexec.Call) hostexec.Call { return hostexec.Call{Argv: c.Argv, Code: 6, Stderr: dbErr} }
+	fake := hostexec.NewFake(t, failed(ok[0]), ok[0], ok[1], failed(ok[2]), failed(ok[2]), ok[2], ok[3], ok[4])
+	i, _ := newTestInitiator(t, tr, fake, nil)
+	if _, err := i.Attach(context.Background(), Target{IQN: testIQN, Portals: []string{portalA}, LUN: 1}); err != nil {
+		t.Fatal(err)
+	}
+	fake.Done()
+
+	// A login failing so is reported, not made again.
+	fake = hostexec.NewFake(t, ok[0], ok[1], ok[2], ok[3], failed(ok[4]))
+	i, _ = newTestInitiator(t, tr, fake, nil)
+	if _, err := i.Attach(context.Background(), Target{IQN: testIQN, Portals: []string{portalA}, LUN: 1}); err == nil {
+		t.Fatal("Attach succeeded with the login failing")
+	}
+	fake.Done()
 }

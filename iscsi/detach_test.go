@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/blockvol/blockvol/hostexec"
 	"github.com/blockvol/blockvol/internal/sentinel"
@@ -268,6 +269,9 @@ func TestDetachKeepsSessionForLUNAttachedButNotYetMounted(t *testing.T) {
 	fake := hostexec.NewFake(t,
 		// Attach of LUN 2: the session exists already.
 		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "new")},
+		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "update", "-n", "node.session.timeo.replacement_timeout", "-v", "15")},
+		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "update", "-n", "node.conn[0].timeo.login_timeout", "-v", "5")},
+		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "update", "-n", "node.session.initial_login_retry_max", "-v", "0")},
 		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "--login"), Code: 15},
 		hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "--rescan")},
 	)
@@ -288,4 +292,57 @@ func TestDetachKeepsSessionForLUNAttachedButNotYetMounted(t *testing.T) {
 		t.Fatal(err)
 	}
 	fake.Done()
+}
+
+// TestDetachRetriesNodeDatabaseError: parallel record deletions of other
+// targets make iscsiadm fail with its node database error (exit 6); the
+// deletion is made again, up to idbmAttempts times.
+func TestDetachRetriesNodeDatabaseError(t *testing.T) {
+	defer func(b time.Duration) { idbmBackoff = b }(idbmBackoff)
+	idbmBackoff = time.Millisecond
+	target := Target{IQN: testIQN, Portals: []string{portalA}, LUN: 1}
+	logout := hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "--logout")}
+	idbm := hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "delete"), Code: 6,
+		Stderr: "iscsiadm: Could not execute operation on all records: encountered iSCSI database failure\n"}
+	del := hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "delete")}
+	gone := hostexec.Call{Argv: adm("-m", "node", "-T", testIQN, "-p", portalA, "-o", "delete"), Code: 21, Stderr: "iscsiadm: No records found\n"}
+
+	run := func(t *testing.T, calls ...hostexec.Call) (string, error) {
+		tr := newTree(t)
+		fake := hostexec.NewFake(t, calls...)
+		i, logs := newTestInitiator(t, tr, fake, nil)
+		err := i.Detach(context.Background(), target)
+		fake.Done()
+		return logs.String(), err
+	}
+	t.Run("fails twice, then deleted", func(t *testing.T) {
+		logs, err := run(t, logout, idbm, idbm, del)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := strings.Count(logs, "iscsiadm failed on the node database; trying again"); n != 2 {
+			t.Errorf("%d retry lines in the log, want 2:\n%s", n, logs)
+		}
+	})
+	t.Run("the failed attempt deleted the record: no records is success", func(t *testing.T) {
+		if _, err := run(t, logout, idbm, gone); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("fails every time: the error after idbmAttempts", func(t *testing.T) {
+		calls := []hostexec.Call{logout}
+		for range idbmAttempts {
+			calls = append(calls, idbm)
+		}
+		_, err := run(t, calls...)
+		if err == nil || !strings.Contains(err.Error(), "could not read or write the open-iscsi node database") {
+			t.Fatalf("err = %v", err)
+		}
+	})
+	t.Run("logout is not retried", func(t *testing.T) {
+		_, err := run(t, hostexec.Call{Argv: logout.Argv, Code: 6, Stderr: "iscsiadm: encountered iSCSI database failure\n"})
+		if err == nil {
+			t.Fatal("Detach succeeded")
+		}
+	})
 }

@@ -111,43 +111,11 @@ func (e *Error) Unwrap() []error {
 // stderr (already redacted) is quoted only when the status says little.
 func classify(o op, code int, stderr string) (string, error) {
 	switch code {
-	case exitSessNotFound:
-		return "no such session", ErrNoTarget
-	case exitNoMem:
-		return "iscsiadm could not allocate a resource or read the iface configuration (check the iface name)" + detail(stderr), nil
-	case exitTransport:
-		return "could not connect to the portal (check the address, the port and firewalls)", ErrUnreachable
-	case exitLogin:
-		return "the target refused the login (check the IQN and that the target allows this initiator name)", nil
-	case exitIDBM:
-		return "could not read or write the open-iscsi node database (/etc/iscsi)" + detail(stderr), nil
-	case exitInvalid:
-		return "iscsiadm rejected an argument (check the IQN, the portal and the iface)" + detail(stderr), sentinel.ErrInvalid
-	case exitTransTimeout:
-		return "timed out connecting to the portal (check the network and firewalls)", ErrTimeout
-	case exitInternal:
-		return "internal iscsid or kernel failure" + detail(stderr), nil
-	case exitLogout:
-		return "the target did not complete the logout", nil
-	case exitPDUTimeout:
-		return "the target did not answer in time", ErrTimeout
-	case exitTransNotFound:
-		return "the iSCSI transport is not available (load the iscsi_tcp kernel module)", nil
-	case exitAccess:
-		return "permission denied (iscsiadm must run as root)", nil
-	case exitTransCaps:
-		return "the iSCSI transport does not support this operation", nil
 	case exitSessExists:
 		if o == opNodeDelete || o == opNodeUpdate {
 			return "a session still uses the record", sentinel.ErrInUse
 		}
 		return "a session already exists", nil
-	case exitIscsidComm, exitIscsidNotConn:
-		return "cannot talk to iscsid (is the iscsid service running?)", ErrDaemon
-	case exitFatalLogin:
-		return "the target rejected the login (check CHAP credentials, the IQN and the target's ACL for this initiator name)", ErrAuth
-	case exitLoginAuthFailed:
-		return "authorization failure (check CHAP credentials)", ErrAuth
 	case exitNoObjsFound:
 		switch o {
 		case opLogin, opRescan, opNodeUpdate:
@@ -156,20 +124,51 @@ func classify(o op, code int, stderr string) (string, error) {
 			return "the portal reported no targets for this initiator (check the portal, the target's ACL and discovery CHAP)", ErrNoTarget
 		}
 		return "nothing found to operate on", ErrNoTarget
-	case exitSysfsLookup:
-		return "could not find the session in sysfs", nil
-	case exitHostNotFound:
-		return "could not find the iSCSI host (check the iface)", nil
-	case exitOpNotSupp:
-		return "operation not supported", nil
-	case exitBusy:
-		return "device or resource busy", nil
-	case exitAgain:
-		return "temporary failure, retry later", nil
-	case exitSessNotConnected:
-		return "the session is not connected", nil
+	}
+	if r, ok := reasons[code]; ok {
+		if r.stderr {
+			return r.text + detail(stderr), r.kind
+		}
+		return r.text, r.kind
 	}
 	return fmt.Sprintf("iscsiadm exited with status %d", code) + detail(stderr), nil
+}
+
+// reason is what classify says of an exit status whatever the operation:
+// the reason, whether the last line of stderr follows it (the status says
+// little), and the sentinel class (nil: none).
+type reason struct {
+	text   string
+	stderr bool
+	kind   error
+}
+
+// reasons are the exit statuses classify tells apart, but for those whose
+// reason depends on the operation (exitSessExists, exitNoObjsFound).
+var reasons = map[int]reason{
+	exitSessNotFound:     {"no such session", false, ErrNoTarget},
+	exitNoMem:            {"iscsiadm could not allocate a resource or read the iface configuration (check the iface name)", true, nil},
+	exitTransport:        {"could not connect to the portal (check the address, the port and firewalls)", false, ErrUnreachable},
+	exitLogin:            {"the target refused the login (check the IQN and that the target allows this initiator name)", false, nil},
+	exitIDBM:             {"could not read or write the open-iscsi node database (/etc/iscsi)", true, nil},
+	exitInvalid:          {"iscsiadm rejected an argument (check the IQN, the portal and the iface)", true, sentinel.ErrInvalid},
+	exitTransTimeout:     {"timed out connecting to the portal (check the network and firewalls)", false, ErrTimeout},
+	exitInternal:         {"internal iscsid or kernel failure", true, nil},
+	exitLogout:           {"the target did not complete the logout", false, nil},
+	exitPDUTimeout:       {"the target did not answer in time", false, ErrTimeout},
+	exitTransNotFound:    {"the iSCSI transport is not available (load the iscsi_tcp kernel module)", false, nil},
+	exitAccess:           {"permission denied (iscsiadm must run as root)", false, nil},
+	exitTransCaps:        {"the iSCSI transport does not support this operation", false, nil},
+	exitIscsidComm:       {"cannot talk to iscsid (is the iscsid service running?)", false, ErrDaemon},
+	exitIscsidNotConn:    {"cannot talk to iscsid (is the iscsid service running?)", false, ErrDaemon},
+	exitFatalLogin:       {"the target rejected the login (check CHAP credentials, the IQN and the target's ACL for this initiator name)", false, ErrAuth},
+	exitLoginAuthFailed:  {"authorization failure (check CHAP credentials)", false, ErrAuth},
+	exitSysfsLookup:      {"could not find the session in sysfs", false, nil},
+	exitHostNotFound:     {"could not find the iSCSI host (check the iface)", false, nil},
+	exitOpNotSupp:        {"operation not supported", false, nil},
+	exitBusy:             {"device or resource busy", false, nil},
+	exitAgain:            {"temporary failure, retry later", false, nil},
+	exitSessNotConnected: {"the session is not connected", false, nil},
 }
 
 // detail formats the last line of iscsiadm's stderr as a parenthesis.

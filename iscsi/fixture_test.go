@@ -211,3 +211,62 @@ func (b blockOn) Run(ctx context.Context, name string, args ...string) ([]byte, 
 	}
 	return b.Runner.Run(ctx, name, args...)
 }
+
+// byPortal is a Runner for Attach's parallel portals: each iscsiadm call
+// goes to the Fake of its portal (the value after -p) and every other call
+// to rest, so that the calls of one portal keep their scripted order while
+// the portals' calls interleave freely. Every call is also appended to
+// order, as made.
+type byPortal struct {
+	portals map[string]*hostexec.Fake
+	rest    *hostexec.Fake
+
+	mu    sync.Mutex
+	order [][]string
+}
+
+func newByPortal(t *testing.T, scripts map[string][]hostexec.Call, rest ...hostexec.Call) *byPortal {
+	b := &byPortal{portals: map[string]*hostexec.Fake{}, rest: hostexec.NewFake(t, rest...)}
+	for p, calls := range scripts {
+		b.portals[p] = hostexec.NewFake(t, calls...)
+	}
+	return b
+}
+
+func (b *byPortal) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	b.mu.Lock()
+	b.order = append(b.order, append([]string{name}, args...))
+	b.mu.Unlock()
+	for k := 0; k+1 < len(args); k++ {
+		if args[k] == "-p" {
+			if f, ok := b.portals[args[k+1]]; ok {
+				return f.Run(ctx, name, args...)
+			}
+		}
+	}
+	return b.rest.Run(ctx, name, args...)
+}
+
+// Done reports the scripted calls that were never made.
+func (b *byPortal) Done() {
+	for _, f := range b.portals {
+		f.Done()
+	}
+	b.rest.Done()
+}
+
+// tuned returns the calls Attach makes to log in to portal through an
+// explicit node record with the default Config: the record, the session
+// timeouts, then the login answering code (0: success).
+func tuned(portal string, loginCode int) []hostexec.Call {
+	node := func(rest ...string) []string {
+		return adm(append([]string{"-m", "node", "-T", testIQN, "-p", portal}, rest...)...)
+	}
+	return []hostexec.Call{
+		{Argv: node("-o", "new")},
+		{Argv: node("-o", "update", "-n", "node.session.timeo.replacement_timeout", "-v", "15")},
+		{Argv: node("-o", "update", "-n", "node.conn[0].timeo.login_timeout", "-v", "5")},
+		{Argv: node("-o", "update", "-n", "node.session.initial_login_retry_max", "-v", "0")},
+		{Argv: node("--login"), Code: loginCode},
+	}
+}

@@ -89,6 +89,26 @@ type Config struct {
 	// Default 100ms.
 	PollInterval time.Duration
 
+	// ReplacementTimeout is how long a session whose connection broke
+	// tries to reconnect before the kernel fails the I/O queued on it, and
+	// every new I/O, with errors (open-iscsi's
+	// node.session.timeo.replacement_timeout). Until then, I/O to the
+	// LUN blocks: no error, no progress. Attach writes it to each node
+	// record before logging in, and to the sysfs recovery_tmo of a
+	// session that already exists. Whole seconds; default 15s (iscsid.conf
+	// gives 120s). Past it a filesystem on the LUN sees I/O errors: ext4
+	// aborts its journal and remounts read-only (errors=remount-ro) or
+	// stops writing; xfs shuts down.
+	ReplacementTimeout time.Duration
+	// PortalLoginTimeout bounds the login to one portal, so that a portal
+	// that does not answer costs seconds, not iscsid.conf's 8 attempts of
+	// 15s: iscsid makes one attempt (node.session.initial_login_retry_max
+	// 0), bounded by it (node.conn[0].timeo.login_timeout); a refused or
+	// unreachable portal fails sooner. Whole seconds; default 5s.
+	// LoginTimeout still bounds the iscsiadm call. A failed portal is
+	// retried at the next Attach, not within this one.
+	PortalLoginTimeout time.Duration
+
 	// SysRoot, DevRoot and MountInfoPath default to /sys, /dev and
 	// /proc/self/mountinfo; tests point them at temporary trees.
 	SysRoot, DevRoot, MountInfoPath string
@@ -110,12 +130,14 @@ type Config struct {
 
 // Defaults applied by New to zero Config fields.
 const (
-	DefaultLoginTimeout      = 30 * time.Second
-	DefaultDeviceTimeout     = 30 * time.Second
-	DefaultLogoutTimeout     = 30 * time.Second
-	DefaultPollInterval      = 100 * time.Millisecond
-	DefaultInitiatorNameFile = "/etc/iscsi/initiatorname.iscsi"
-	defaultPort              = "3260"
+	DefaultLoginTimeout       = 30 * time.Second
+	DefaultDeviceTimeout      = 30 * time.Second
+	DefaultLogoutTimeout      = 30 * time.Second
+	DefaultPollInterval       = 100 * time.Millisecond
+	DefaultReplacementTimeout = 15 * time.Second
+	DefaultPortalLoginTimeout = 5 * time.Second
+	DefaultInitiatorNameFile  = "/etc/iscsi/initiatorname.iscsi"
+	defaultPort               = "3260"
 )
 
 // Initiator attaches and detaches iSCSI LUNs on this host. It is safe for
@@ -139,7 +161,7 @@ func New(cfg Config, run hostexec.Runner, log *slog.Logger) (*Initiator, error) 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	for _, d := range []time.Duration{cfg.LoginTimeout, cfg.DeviceTimeout, cfg.LogoutTimeout, cfg.PollInterval} {
+	for _, d := range []time.Duration{cfg.LoginTimeout, cfg.DeviceTimeout, cfg.LogoutTimeout, cfg.PollInterval, cfg.ReplacementTimeout, cfg.PortalLoginTimeout} {
 		if d < 0 {
 			return nil, fmt.Errorf("iscsi: negative timeout or interval in configuration: %w", sentinel.ErrInvalid)
 		}
@@ -151,6 +173,8 @@ func New(cfg Config, run hostexec.Runner, log *slog.Logger) (*Initiator, error) 
 	setDefault(&cfg.DeviceTimeout, DefaultDeviceTimeout)
 	setDefault(&cfg.LogoutTimeout, DefaultLogoutTimeout)
 	setDefault(&cfg.PollInterval, DefaultPollInterval)
+	setDefault(&cfg.ReplacementTimeout, DefaultReplacementTimeout)
+	setDefault(&cfg.PortalLoginTimeout, DefaultPortalLoginTimeout)
 	if cfg.InitiatorNameFile == "" {
 		cfg.InitiatorNameFile = DefaultInitiatorNameFile
 	}

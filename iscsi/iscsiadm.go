@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"strconv"
 	"strings"
 	"time"
 
@@ -18,6 +20,9 @@ import (
 //	iscsiadm -m discoverydb -t sendtargets -p PORTAL [-I IFACE] -o update -n discovery.sendtargets.auth.FIELD -v VALUE
 //	iscsiadm -m discoverydb -t sendtargets -p PORTAL [-I IFACE] --discover
 //	iscsiadm -m node -T IQN -p PORTAL [-I IFACE] -o new
+//	iscsiadm -m node -T IQN -p PORTAL [-I IFACE] -o update -n node.session.timeo.replacement_timeout -v SECONDS
+//	iscsiadm -m node -T IQN -p PORTAL [-I IFACE] -o update -n node.conn[0].timeo.login_timeout -v SECONDS
+//	iscsiadm -m node -T IQN -p PORTAL [-I IFACE] -o update -n node.session.initial_login_retry_max -v 0
 //	iscsiadm -m node -T IQN -p PORTAL [-I IFACE] -o update -n node.session.auth.FIELD -v VALUE
 //	iscsiadm -m node -T IQN -p PORTAL [-I IFACE] --login
 //	iscsiadm -m node -T IQN -p PORTAL [-I IFACE] --rescan
@@ -61,10 +66,74 @@ func chapSettings(prefix string, c *CHAP) [][2]string {
 	return s
 }
 
-// iscsiadm runs one iscsiadm call under its own timeout. A failure is an
-// *Error about (o, iqn, p) whose cause carries a redacted argv; secrets are
-// removed from iscsiadm's stderr too.
+// nodeSettings lists the node record fields Attach writes before every
+// login, in order: the session's recovery time (Config.ReplacementTimeout)
+// and the bound of the login itself (Config.PortalLoginTimeout).
+func (i *Initiator) nodeSettings() [][2]string {
+	return [][2]string{
+		{"node.session.timeo.replacement_timeout", wholeSeconds(i.cfg.ReplacementTimeout)},
+		{"node.conn[0].timeo.login_timeout", wholeSeconds(i.cfg.PortalLoginTimeout)},
+		{"node.session.initial_login_retry_max", "0"},
+	}
+}
+
+// wholeSeconds formats d as whole seconds, rounded up, at least 1: the
+// unit of open-iscsi's timeouts.
+func wholeSeconds(d time.Duration) string {
+	return strconv.FormatInt(max(1, int64((d+time.Second-1)/time.Second)), 10)
+}
+
+// idbmAttempts is how many times a record operation (node or discovery
+// record creation, update or deletion, sendtargets discovery) is made when
+// iscsiadm fails with its node database error (exit 6), idbmBackoff the
+// wait before the second attempt (doubled each time, with jitter).
+// Concurrent iscsiadm calls about different targets race in open-iscsi's
+// record tree under /etc/iscsi (seen with open-iscsi 2.1.8: of 8 parallel
+// `-m node -T IQN -p PORTAL -o delete`, 7 failed within 3 s with "Could not
+// execute operation on all records: encountered iSCSI database failure");
+// these operations are idempotent, so trying again is safe.
+var (
+	idbmAttempts = 5
+	idbmBackoff  = 50 * time.Millisecond
+)
+
+// retriesIDBM reports whether operation o is tried again after a node
+// database error.
+func retriesIDBM(o op) bool {
+	switch o {
+	case opDiscovery, opDiscoveryRec, opNodeNew, opNodeUpdate, opNodeDelete:
+		return true
+	}
+	return false
+}
+
+// iscsiadm runs one iscsiadm call under its own timeout (a record
+// operation again after a node database error, see idbmAttempts). A
+// failure is an *Error about (o, iqn, p) whose cause carries a redacted
+// argv; secrets are removed from iscsiadm's stderr too.
 func (i *Initiator) iscsiadm(ctx context.Context, timeout time.Duration, o op, iqn string, p portal, secrets []string, args []string) error {
+	wait := idbmBackoff
+	for attempt := 1; ; attempt++ {
+		err := i.iscsiadmOnce(ctx, timeout, o, iqn, p, secrets, args)
+		if err == nil || exitStatus(err) != exitIDBM || !retriesIDBM(o) || attempt >= idbmAttempts {
+			return err
+		}
+		d := wait + rand.N(wait)
+		i.log.Debug("iscsiadm failed on the node database; trying again", "op", string(o), "iqn", iqn, "portal", p.arg,
+			"attempt", attempt, "wait", d.String(), "error", err.Error())
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		wait *= 2
+	}
+}
+
+// iscsiadmOnce is one attempt of iscsiadm.
+func (i *Initiator) iscsiadmOnce(ctx context.Context, timeout time.Duration, o op, iqn string, p portal, secrets []string, args []string) error {
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	i.log.Debug("running iscsiadm", "args", strings.Join(redactArgv(args), " "))

@@ -239,3 +239,28 @@ func holders(dir string) []string {
 func deleteSCSIDevice(d lunDevice) error {
 	return writeAttr(filepath.Join(d.scsiDir, "delete"), "1")
 }
+
+// setRecoveryTimeout writes Config.ReplacementTimeout to the sysfs
+// recovery_tmo of the sessions of iqn through p: a session that existed
+// before this Attach (logged in by an earlier release, or by hand) keeps
+// the timeout of the node record it was logged in with, and the record
+// written now applies only to the next login. Best effort: a failure is
+// logged.
+func (i *Initiator) setRecoveryTimeout(iqn string, p portal) {
+	ss, err := i.targetSessions(iqn, []portal{p})
+	if err != nil {
+		i.log.Warn("could not list the iSCSI sessions to set their recovery timeout", "iqn", iqn, "portal", p.arg, "error", err.Error())
+		return
+	}
+	v := wholeSeconds(i.cfg.ReplacementTimeout)
+	for _, s := range ss {
+		if readAttr(filepath.Join(s.dir, "recovery_tmo")) == v {
+			continue
+		}
+		if err := writeAttr(filepath.Join(s.dir, "recovery_tmo"), v); err != nil {
+			i.log.Warn("could not set the recovery timeout of an existing iSCSI session", "iqn", iqn, "portal", p.arg, "session", s.name, "error", err.Error())
+			continue
+		}
+		i.log.Info("iSCSI session recovery timeout set", "iqn", iqn, "portal", p.arg, "session", s.name, "seconds", v)
+	}
+}

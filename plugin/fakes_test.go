@@ -228,6 +228,16 @@ func (f *fakeFS) Prepare(ctx context.Context, dev, fstype string, overwrite bool
 	return fstype, true, nil
 }
 
+func (f *fakeFS) FormatBlank(ctx context.Context, dev, fstype string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.record(fmt.Sprintf("format blank %s %s", dev, fstype)); err != nil {
+		return err
+	}
+	f.fsOn[dev] = fstype
+	return nil
+}
+
 func (f *fakeFS) Mount(ctx context.Context, dev, target, fstype string, opts []string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -253,6 +263,10 @@ func (f *fakeFS) MountedDevice(target string) (string, error) {
 	defer f.mu.Unlock()
 	return f.mounts[target], nil
 }
+
+// InUse: a fake device is held only through the fake's own mounts, which
+// MountedDevice shows.
+func (f *fakeFS) InUse(dev string) (bool, error) { return false, nil }
 
 func (f *fakeFS) mounted() map[string]string {
 	f.mu.Lock()

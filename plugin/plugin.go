@@ -128,6 +128,7 @@ func (d *Driver) Get(req *volume.GetRequest) (*volume.GetResponse, error) {
 			v.Status["state"] = info.Local.Phase
 			v.Status["mounts"] = info.Local.Users
 			v.Status["device"] = info.Local.Device
+			describeLost(v.Status, info.Local)
 		}
 	}
 	if info.Damage != "" {
@@ -157,6 +158,21 @@ func describe(info volumes.Info) map[string]any {
 		}
 	}
 	return status
+}
+
+// describeLost says, for a volume another host took over while it was
+// mounted here, that this host's mount is stale and whose it is now.
+func describeLost(status map[string]any, l *volumes.Local) {
+	if !l.Lost {
+		return
+	}
+	status["state"] = "lost"
+	who := "another host"
+	if l.HeldBy != "" {
+		who = "host " + l.HeldBy
+		status["held_by"] = l.HeldBy
+	}
+	status["lost"] = who + " took the volume over while it was mounted here; this host is fenced off from it and its mount here is stale: unmount it here"
 }
 
 // List returns the volumes of every backend.

@@ -1,11 +1,16 @@
 package plugin_test
 
 import (
+	"bufio"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+
+	"github.com/blockvol/blockvol/internal/testenv"
 
 	"github.com/docker/go-plugins-helpers/volume"
 )
@@ -92,4 +97,81 @@ func TestRootInterruptedFirstMountStillHandsOutAnEmptyVolume(t *testing.T) {
 	}
 	h.unmount("fresh", rid2)
 	h.assertNothingLeft("fresh")
+}
+
+// A plugin restarted in a new mount namespace (Docker restarts a managed
+// plugin under containers still running on its volumes) no longer sees
+// their mount, but the device is still attached and mounted there:
+// recovery keeps the volume for its users instead of releasing it, a new
+// user gets the same filesystem (the same loop device, not a second one on
+// the same image), and the last release detaches it.
+func TestRootRecoveryKeepsAVolumeMountedInAnotherNamespace(t *testing.T) {
+	if _, err := exec.LookPath("unshare"); err != nil {
+		testenv.Skip(t, "unshare not installed")
+	}
+	h := newRealHost(t)
+	if err := h.d.Create(&volume.CreateRequest{Name: "hidden"}); err != nil {
+		t.Fatal(err)
+	}
+	mp := h.mount("hidden", rid1)
+	if err := os.WriteFile(filepath.Join(mp, "one"), []byte("1"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// The containers' namespace: a copy of ours, holding the mount.
+	holder := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", "echo ready; exec sleep 600")
+	out, err := holder.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	stopHolder := func() { _ = holder.Process.Kill(); _ = holder.Wait() }
+	defer stopHolder()
+	if _, err := bufio.NewReader(out).ReadString('\n'); err != nil {
+		t.Fatalf("the namespace holder did not start: %v", err)
+	}
+	inHolder := func(args ...string) (string, error) {
+		b, err := exec.Command("nsenter", append([]string{"--mount=/proc/" + strconv.Itoa(holder.Process.Pid) + "/ns/mnt"}, args...)...).CombinedOutput()
+		return strings.TrimSpace(string(b)), err
+	}
+	if err := syscall.Unmount(mp, 0); err != nil {
+		t.Fatal(err)
+	}
+
+	h.restart()
+	res, err := h.d.Get(&volume.GetRequest{Name: "hidden"})
+	if err != nil || res.Volume.Status["mounts"] != 1 {
+		t.Fatalf("Get after the restart = %+v, %v; want the volume kept for its one user", res, err)
+	}
+	if loops := loopsUnder(h.dataDir); len(loops) != 1 || isAutoclear(loops[0]) {
+		t.Fatalf("loop devices after the restart: %v; want the one still in use, not being detached", loops)
+	}
+	if got := h.mount("hidden", rid2); got != mp {
+		t.Fatalf("Mount = %s, want %s", got, mp)
+	}
+	if b, err := os.ReadFile(filepath.Join(mp, "one")); err != nil || string(b) != "1" {
+		t.Fatalf("the new user reads %q, %v; want the data", b, err)
+	}
+	if err := os.WriteFile(filepath.Join(mp, "two"), []byte("2"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := inHolder("cat", filepath.Join(mp, "two")); err != nil || got != "2" {
+		t.Fatalf("the old user reads %q, %v; want what the new one wrote (one filesystem, not two)", got, err)
+	}
+	if loops := loopsUnder(h.dataDir); len(loops) != 1 {
+		t.Fatalf("loop devices: %v; want one", loops)
+	}
+	h.unmount("hidden", rid2)
+	if dev, _ := h.fs.MountedDevice(mp); dev == "" {
+		t.Fatal("the new user's Unmount released the volume the old user still holds")
+	}
+	h.unmount("hidden", rid1)
+	stopHolder()
+	h.assertNothingLeft("hidden")
+}
+
+func isAutoclear(dev string) bool {
+	b, err := os.ReadFile(filepath.Join("/sys/block", filepath.Base(dev), "loop", "autoclear"))
+	return err == nil && strings.TrimSpace(string(b)) == "1"
 }

@@ -29,6 +29,7 @@ type realHost struct {
 	d                         *plugin.Driver
 	core                      *volumes.Core
 	fs                        *fs.FS
+	releaseDelay              time.Duration // volumes.Config.ReleaseDelay at the next restart
 }
 
 func requireRootTools(t testing.TB) {
@@ -73,6 +74,7 @@ func (h *realHost) restart() {
 		CreateTimeout:  time.Minute,
 		MountTimeout:   time.Minute,
 		OtherTimeout:   time.Minute,
+		ReleaseDelay:   h.releaseDelay,
 		Log:            log,
 	})
 	if err != nil {

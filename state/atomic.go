@@ -91,11 +91,17 @@ const damagedMark = ".damaged-"
 // renamed to path + ".damaged-<UTC time>", durably. It returns the new
 // path.
 func Quarantine(path string) (string, error) {
-	to := path + damagedMark + time.Now().UTC().Format("20060102T150405.000000000Z")
+	to := QuarantineName(path, time.Now())
 	if err := os.Rename(path, to); err != nil {
 		return "", fmt.Errorf("set aside %s: %w", path, err)
 	}
 	return to, SyncDir(filepath.Dir(path))
+}
+
+// QuarantineName is the name Quarantine gives path at time at (for files
+// set aside by other means: on another host, by a helper program).
+func QuarantineName(path string, at time.Time) string {
+	return path + damagedMark + at.UTC().Format("20060102T150405.000000000Z")
 }
 
 // IsQuarantined reports whether a file name is one Quarantine made.

@@ -84,14 +84,22 @@ func (s *Store) Quarantine(name string) (string, error) { return Quarantine(s.pa
 
 // Quarantined lists the paths of the records Quarantine set aside.
 func (s *Store) Quarantined() ([]string, error) {
+	return s.list(func(e os.DirEntry) (string, bool) {
+		return filepath.Join(s.dir, e.Name()), IsQuarantined(e.Name()) && !strings.HasPrefix(e.Name(), ".")
+	})
+}
+
+// list returns, in directory order, what pick makes of each entry of the
+// records' directory that pick keeps (its second result).
+func (s *Store) list(pick func(e os.DirEntry) (string, bool)) ([]string, error) {
 	entries, err := os.ReadDir(s.dir)
 	if err != nil {
 		return nil, fmt.Errorf("read state dir: %w", err)
 	}
 	var out []string
 	for _, e := range entries {
-		if IsQuarantined(e.Name()) && !strings.HasPrefix(e.Name(), ".") {
-			out = append(out, filepath.Join(s.dir, e.Name()))
+		if v, ok := pick(e); ok {
+			out = append(out, v)
 		}
 	}
 	return out, nil
@@ -122,16 +130,8 @@ func (s *Store) Delete(name string) error {
 
 // Names lists the names that have a record.
 func (s *Store) Names() ([]string, error) {
-	entries, err := os.ReadDir(s.dir)
-	if err != nil {
-		return nil, fmt.Errorf("read state dir: %w", err)
-	}
-	var names []string
-	for _, e := range entries {
+	return s.list(func(e os.DirEntry) (string, bool) {
 		n := e.Name()
-		if e.Type().IsRegular() && !strings.HasPrefix(n, ".") && strings.HasSuffix(n, recordExt) {
-			names = append(names, strings.TrimSuffix(n, recordExt))
-		}
-	}
-	return names, nil
+		return strings.TrimSuffix(n, recordExt), e.Type().IsRegular() && !strings.HasPrefix(n, ".") && strings.HasSuffix(n, recordExt)
+	})
 }

@@ -8,8 +8,8 @@
 # Each area keeps its own setup script; add a new one to the list below:
 #   test/vm/setup.sh              qemu, tgt, open-iscsi, Debian's cloud kernel
 #                                 (open-iscsi is also in the managed plugin)
-#   (test/systemd/setup.sh, the systemd guest's disk, is run by `make e2e-systemd`:
-#   that test is opt-in for now, see test/systemd)
+#   test/systemd/setup.sh         mmdebstrap; the systemd guest's Debian disk
+#                                 (built once, ~3 min, then cached)
 #   test/openstack/setup.sh setup Keystone + Cinder (initialised once, then
 #                                 stopped; a stack already running is left alone)
 set -eu
@@ -61,4 +61,5 @@ if ! dpkg-query -W -f='${Status}\n' docker-registry 2>/dev/null | grep -q '^inst
 fi
 
 test/vm/setup.sh
+test/systemd/setup.sh
 test/openstack/setup.sh setup

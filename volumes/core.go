@@ -43,12 +43,18 @@ type Filesystem interface {
 	// blank device (or, with overwrite, an ext4/xfs one) as fstype, and
 	// refusing any other signature. It returns the type found or made.
 	Prepare(ctx context.Context, dev, fstype string, overwrite bool) (fsType string, formatted bool, err error)
+	// FormatBlank makes fstype on dev, proven to hold only zeros, without
+	// the probe Prepare would make.
+	FormatBlank(ctx context.Context, dev, fstype string) error
 	// Mount mounts dev at target (creating target), nosuid and nodev.
 	Mount(ctx context.Context, dev, target, fstype string, opts []string) error
 	// Unmount unmounts target; not mounted is success.
 	Unmount(ctx context.Context, target string) error
 	// MountedDevice returns the source mounted at target, "" for none.
 	MountedDevice(target string) (string, error)
+	// InUse reports whether another holds block device dev: mounted in
+	// some mount namespace, not necessarily this one.
+	InUse(dev string) (bool, error)
 }
 
 // Config wires a Core.
@@ -63,6 +69,10 @@ type Config struct {
 	CreateTimeout  time.Duration
 	MountTimeout   time.Duration
 	OtherTimeout   time.Duration
+	// ReleaseDelay, when positive, keeps a volume of a local-scope backend
+	// mounted that long after its last user left, for a use right after
+	// to join (release.go); 0 unmounts and detaches at once.
+	ReleaseDelay time.Duration
 	// UndoTimeout bounds the rollback of a failed Mount, which runs after
 	// the Mount's own deadline may have passed. Other teardowns (Release,
 	// Remove, Recover) run under their call's deadline.
@@ -95,8 +105,14 @@ type Core struct {
 
 	inflight sync.WaitGroup
 
+	pendMu  sync.Mutex
+	pending map[string]*time.Timer // deferred releases (release.go)
+
 	checksMu sync.Mutex
 	checks   map[string]ClaimCheck // claim prefix → its checker (CheckClaims)
+
+	lostMu sync.Mutex
+	lost   map[string]string // volume name → the host it was lost to (lost.go), once logged
 }
 
 // New validates cfg, loads the records of the state directory and returns
@@ -177,8 +193,10 @@ func (d *Core) damaged(name string) string {
 
 // Wait blocks until every operation in flight has returned, or ctx ends.
 // The server stops accepting requests first; Wait lets the ones under way
-// finish or roll back before the process exits.
+// finish or roll back before the process exits, and finishes the deferred
+// releases (release.go) at once.
 func (d *Core) Wait(ctx context.Context) error {
+	d.finishReleases()
 	done := make(chan struct{})
 	go func() { d.inflight.Wait(); close(done) }()
 	select {
@@ -210,6 +228,21 @@ func (d *Core) begin(parent context.Context, op, name string, timeout time.Durat
 		d: d, op: op, ctx: ctx, cancel: cancel, start: time.Now(),
 		log: d.log.With(append([]any{"op", op, "volume", quote.Prefix(name)}, attrs...)...),
 	}
+}
+
+// locked runs body as one call (begin) of operation op on volume name,
+// under the volume's lock (acquire): the lock is released, and the call
+// ended with the error returned, when body returns. An invalid name or a
+// lock not had in time ends the call with that error; body does not run.
+func (d *Core) locked(ctx context.Context, op, name string, timeout time.Duration, attrs []any, body func(c *call) error) (err error) {
+	c := d.begin(ctx, op, name, timeout, attrs...)
+	defer func() { c.end(err) }()
+	unlock, err := d.acquire(c.ctx, name)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	return body(c)
 }
 
 func (c *call) end(err error) {

@@ -94,42 +94,36 @@ func (d *Core) existing(ctx context.Context, log *slog.Logger, name, target stri
 
 // Remove deletes a volume and its data. It refuses a volume that has users
 // on this host; the backend refuses one attached anywhere.
-func (d *Core) Remove(ctx context.Context, name string) (err error) {
-	c := d.begin(ctx, "remove", name, d.cfg.OtherTimeout)
-	defer func() { c.end(err) }()
-	ctx, log := c.ctx, c.log
-	unlock, err := d.acquire(ctx, name)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-
-	if r, ok := d.recs.get(name); ok {
-		if len(r.Users) > 0 {
-			return &userError{kind: sentinel.ErrInUse, msg: fmt.Sprintf("volume %s is in use by %d mount(s) on this host; stop the containers using it (and unpublish and unstage its CSI targets) first", quote.Short(name), len(r.Users))}
+func (d *Core) Remove(ctx context.Context, name string) error {
+	return d.locked(ctx, "remove", name, d.cfg.OtherTimeout, nil, func(c *call) error {
+		ctx, log := c.ctx, c.log
+		if r, ok := d.recs.get(name); ok {
+			if len(r.Users) > 0 {
+				return &userError{kind: sentinel.ErrInUse, msg: fmt.Sprintf("volume %s is in use by %d mount(s) on this host; stop the containers using it (and unpublish and unstage its CSI targets) first", quote.Short(name), len(r.Users))}
+			}
+			// A teardown that failed earlier: finish it before removing.
+			if err := d.teardown(ctx, log, r); err != nil {
+				return fmt.Errorf("volume %s cannot be removed: %w", quote.Short(name), err)
+			}
 		}
-		// A teardown that failed earlier: finish it before removing.
-		if err := d.teardown(ctx, log, r); err != nil {
-			return fmt.Errorf("volume %s cannot be removed: %w", quote.Short(name), err)
+		_, bn, err := d.lookup(ctx, name)
+		if err != nil {
+			return err
 		}
-	}
-	_, bn, err := d.lookup(ctx, name)
-	if err != nil {
-		return err
-	}
-	c.backend = bn
-	if err := d.cfg.Backends[bn].Remove(ctx, name); err != nil {
-		switch {
-		case errors.Is(err, sentinel.ErrNotFound):
-			// Gone already (removed concurrently elsewhere): done.
-		default: // wraps the backend's class (sentinel.ErrInUse, ...)
-			return fmt.Errorf("volume %s cannot be removed: %w", quote.Short(name), err)
+		c.backend = bn
+		if err := d.cfg.Backends[bn].Remove(ctx, name); err != nil {
+			switch {
+			case errors.Is(err, sentinel.ErrNotFound):
+				// Gone already (removed concurrently elsewhere): done.
+			default: // wraps the backend's class (sentinel.ErrInUse, ...)
+				return fmt.Errorf("volume %s cannot be removed: %w", quote.Short(name), err)
+			}
 		}
-	}
-	d.remember(name, "")
-	d.damageMu.Lock()
-	delete(d.damage, name)
-	d.damageMu.Unlock()
-	log.Info("volume removed", "backend", bn)
-	return nil
+		d.remember(name, "")
+		d.damageMu.Lock()
+		delete(d.damage, name)
+		d.damageMu.Unlock()
+		log.Info("volume removed", "backend", bn)
+		return nil
+	})
 }

@@ -61,6 +61,20 @@ func (d *Core) Claim(ctx context.Context, cl Claim) (_ string, err error) {
 
 	r, known := d.recs.get(name)
 	c.backend = r.Backend
+	var vol backends.Volume
+	var bn string
+	if known {
+		// Ask the backend first: a volume taken from this host is never
+		// joined or attached again from its stale record (lost.go).
+		if vol, bn, err = d.lookup(ctx, name); err == nil {
+			if r, known, err = d.settleLost(ctx, log, r, vol.Attachment); err != nil {
+				return "", err
+			}
+		} else if len(r.Users) == 0 {
+			return "", err
+		}
+		// Otherwise the users still have the mount: they may join it.
+	}
 	if known && r.Block != cl.Block {
 		if len(r.Users) > 0 {
 			return "", &userError{kind: sentinel.ErrInUse, msg: fmt.Sprintf("volume %q is in use %s by %d user(s) on this host; it cannot be used %s at the same time", name, useKind(r.Block), len(r.Users), useKind(cl.Block))}
@@ -99,9 +113,10 @@ func (d *Core) Claim(ctx context.Context, cl Claim) (_ string, err error) {
 		log.Warn("volume was recorded as up but is not any more; bringing it up again", "mountpoint", r.Mountpoint, "device", r.Device)
 	}
 
-	vol, bn, err := d.lookup(ctx, name)
-	if err != nil {
-		return "", err
+	if bn == "" {
+		if vol, bn, err = d.lookup(ctx, name); err != nil {
+			return "", err
+		}
 	}
 	if !known {
 		r = record{Name: name, Backend: bn, Mountpoint: d.mountpoint(name), Block: cl.Block}
@@ -230,7 +245,7 @@ func (d *Core) prepareAndMount(ctx context.Context, log *slog.Logger, r record, 
 		log.Warn("overwritefs=true: an existing ext4/xfs filesystem on the volume will be wiped (first mount after create only)")
 	}
 	fresh := meta[metaFreshKey] == "true"
-	fsType, formatted, err := d.cfg.FS.Prepare(ctx, r.Device, opts.FSType, pending)
+	fsType, formatted, err := d.prepare(ctx, log, r, be, opts.FSType, fresh, pending)
 	if err != nil && fresh && errors.Is(err, fs.ErrNeedsRepair) && ctx.Err() == nil {
 		fsType, formatted, err = d.remakeFresh(ctx, log, r, opts, err)
 	}
@@ -283,6 +298,25 @@ func (d *Core) prepareAndMount(ctx context.Context, log *slog.Logger, r record, 
 		}
 	}
 	return nil
+}
+
+// prepare is FS.Prepare, except that a fresh volume whose backend proves
+// its device all zeros is formatted without the probe (one program run
+// fewer on a first mount): a probe of zeros finds nothing to keep.
+func (d *Core) prepare(ctx context.Context, log *slog.Logger, r record, be backends.Backend, fstype string, fresh, overwrite bool) (string, bool, error) {
+	if bp, ok := be.(backends.BlankProver); ok && fresh {
+		blank, err := bp.ProvenBlank(ctx, r.Name, r.Device)
+		if err != nil {
+			log.Warn("cannot tell whether the fresh volume is blank; probing it", "err", err)
+		}
+		if blank {
+			if err := d.cfg.FS.FormatBlank(ctx, r.Device, fstype); err != nil {
+				return "", false, err
+			}
+			return fstype, true, nil
+		}
+	}
+	return d.cfg.FS.Prepare(ctx, r.Device, fstype, overwrite)
 }
 
 // remakeFresh makes the filesystem of a fresh volume again after the ext4
@@ -344,52 +378,98 @@ func (d *Core) Release(ctx context.Context, name, user string) error {
 // the volume's lock before the claim is dropped, whether or not user holds
 // one (it must be idempotent: an unmount of the door's bind mount, say).
 // When first fails the claim stays.
-func (d *Core) Unclaim(ctx context.Context, name, user string, first func(ctx context.Context) error) (err error) {
-	c := d.begin(ctx, "unmount", name, d.cfg.OtherTimeout, "id", shortID(user))
-	defer func() { c.end(err) }()
-	ctx, log := c.ctx, c.log
-	unlock, err := d.acquire(ctx, name)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	if first != nil {
-		if err := first(ctx); err != nil {
-			return err
+func (d *Core) Unclaim(ctx context.Context, name, user string, first func(ctx context.Context) error) error {
+	return d.locked(ctx, "unmount", name, d.cfg.OtherTimeout, []any{"id", shortID(user)}, func(c *call) error {
+		ctx, log := c.ctx, c.log
+		if first != nil {
+			if err := first(ctx); err != nil {
+				return err
+			}
 		}
-	}
 
-	r, ok := d.recs.get(name)
-	c.backend = r.Backend
-	if !ok {
-		log.Info("volume is not mounted on this host; nothing to unmount")
-		return nil
-	}
-	if !r.has(user) {
-		if len(r.Users) == 0 {
-			// A teardown failed before: finish it now.
-			return d.teardown(ctx, log, r)
+		r, ok := d.recs.get(name)
+		c.backend = r.Backend
+		if !ok {
+			log.Info("volume is not mounted on this host; nothing to unmount")
+			return nil
 		}
-		log.Warn("unmount for a user that has no mount; the volume stays mounted for its users", "users", len(r.Users))
-		return nil
-	}
-	r.remove(user)
-	if len(r.Users) > 0 {
+		if !r.has(user) {
+			if len(r.Users) == 0 {
+				// A teardown failed before: finish it now.
+				return d.teardown(ctx, log, r)
+			}
+			log.Warn("unmount for a user that has no mount; the volume stays mounted for its users", "users", len(r.Users))
+			return nil
+		}
+		r.remove(user)
+		if len(r.Users) > 0 {
+			if err := d.recs.put(r); err != nil {
+				return fmt.Errorf("volume %s: %w", quote.Short(name), err)
+			}
+			log.Info("volume released by one user; still mounted", "users", len(r.Users))
+			return nil
+		}
+		r.Phase = phaseUnmounting
 		if err := d.recs.put(r); err != nil {
 			return fmt.Errorf("volume %s: %w", quote.Short(name), err)
 		}
-		log.Info("volume released by one user; still mounted", "users", len(r.Users))
+		if d.deferRelease(r) {
+			log.Info("volume released; unmount deferred", "delay", d.cfg.ReleaseDelay)
+			return nil
+		}
+		if err := d.teardown(ctx, log, r); err != nil {
+			if d.lostNow(ctx, log, r) {
+				// Not this host's to keep any more: its users are gone, and
+				// the rest of the release is retried (Watch).
+				log.Error("the lost volume's side on this host is not released yet; retried every few seconds and at its next operation or restart", "err", err)
+				return nil
+			}
+			return fmt.Errorf("volume %s cannot be unmounted: %w", quote.Short(name), err)
+		}
+		log.Info("volume unmounted and detached")
 		return nil
+	})
+}
+
+// settleLost refuses a Mount of a volume that was taken from this host
+// while its users still have it (r, under the volume's lock; att is the
+// backend's claim now). A record without users left is finished first (its
+// release failed before) and dropped: known is false then, and the Mount
+// goes on as a first use.
+func (d *Core) settleLost(ctx context.Context, log *slog.Logger, r record, att *backends.Attachment) (_ record, known bool, err error) {
+	if !att.Lost() {
+		return r, true, nil
 	}
-	r.Phase = phaseUnmounting
-	if err := d.recs.put(r); err != nil {
-		return fmt.Errorf("volume %s: %w", quote.Short(name), err)
+	if len(r.Users) > 0 {
+		d.noteLost(log, r, att.Holder)
+		return r, true, lostError(r.Name, att.Holder)
 	}
 	if err := d.teardown(ctx, log, r); err != nil {
-		return fmt.Errorf("volume %s cannot be unmounted: %w", quote.Short(name), err)
+		return r, true, fmt.Errorf("volume %s: this host's earlier use of it is not released yet: %w", quote.Short(r.Name), err)
 	}
-	log.Info("volume unmounted and detached")
-	return nil
+	return record{}, false, nil
+}
+
+// lostNow tells whether the volume of r (under its lock, its last user
+// gone, its release failed) was taken from this host: known lost already,
+// or so the backend says now. A backend that cannot be asked is taken as
+// not. Only a failed release asks: a release that works needs no answer.
+func (d *Core) lostNow(ctx context.Context, log *slog.Logger, r record) bool {
+	d.lostMu.Lock()
+	_, known := d.lost[r.Name]
+	d.lostMu.Unlock()
+	if known {
+		return true
+	}
+	vol, _, err := d.lookup(ctx, r.Name)
+	if err != nil {
+		return false
+	}
+	if !vol.Attachment.Lost() {
+		return false
+	}
+	d.noteLost(log, r, vol.Attachment.Holder)
+	return true
 }
 
 // teardown unmounts and detaches r's volume and drops its record. Each
@@ -411,7 +491,11 @@ func (d *Core) teardown(ctx context.Context, log *slog.Logger, r record) error {
 	if err := be.Detach(ctx, r.Name); err != nil {
 		return fmt.Errorf("detach: %w", err)
 	}
-	return d.recs.del(r.Name)
+	if err := d.recs.del(r.Name); err != nil {
+		return err
+	}
+	d.forgetLost(r.Name)
+	return nil
 }
 
 func (d *Core) backend(name string) (backends.Backend, error) {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/blockvol/blockvol/backends"
+	"github.com/blockvol/blockvol/internal/quote"
 	"github.com/blockvol/blockvol/internal/sentinel"
 )
 
@@ -43,18 +44,27 @@ type Local struct {
 	Block      bool // in use as a raw block device
 	Device     string
 	Mountpoint string // where the volume is (or is being) mounted
+	// Lost: the backend's claim no longer names this host although the
+	// volume is mounted here — another host took it over (preempt) and
+	// fenced this one off; the mount here is stale (see lost.go). HeldBy
+	// names the host the claim names now ("" for none).
+	Lost   bool
+	HeldBy string
+
+	seq uint64 // the record's, when this was read
 }
 
-// MountedAt is the mountpoint while the volume is mounted, "" otherwise.
+// MountedAt is the mountpoint while the volume is mounted (and not lost),
+// "" otherwise.
 func (l *Local) MountedAt() string {
-	if l == nil || l.Phase != phaseMounted {
+	if l == nil || l.Phase != phaseMounted || l.Lost {
 		return ""
 	}
 	return l.Mountpoint
 }
 
 func localOf(r record) *Local {
-	return &Local{Phase: r.Phase, Users: len(r.Users), Device: r.Device, Mountpoint: r.Mountpoint, Block: r.Block}
+	return &Local{Phase: r.Phase, Users: len(r.Users), Device: r.Device, Mountpoint: r.Mountpoint, Block: r.Block, seq: r.seq}
 }
 
 // Get describes one volume. Queries take no volume lock: Docker calls Get
@@ -78,6 +88,7 @@ func (d *Core) Get(ctx context.Context, name string) (info Info, err error) {
 	if err := ValidateName(name); err != nil {
 		return Info{}, err
 	}
+	before, _ := d.recs.get(name)
 	vol, bn, err := d.lookup(ctx, name)
 	c.backend = bn
 	r, mounted := d.recs.get(name)
@@ -103,6 +114,7 @@ func (d *Core) Get(ctx context.Context, name string) (info Info, err error) {
 	}
 	if mounted {
 		info.Local = localOf(r)
+		d.markLost(log, name, before.seq, info.Local, vol.Attachment)
 	}
 	return info, nil
 }
@@ -128,7 +140,11 @@ func (d *Core) List(ctx context.Context) (_ []Info, err error) {
 		}
 		for _, v := range vols {
 			changed = max(changed, d.seen.set(v.Name, bn))
-			out = append(out, Info{Name: v.Name, Backend: bn, SizeBytes: v.SizeBytes, CreatedAt: v.CreatedAt, Status: v.Status, Local: locals[v.Name]})
+			l := locals[v.Name]
+			if l != nil {
+				d.markLost(log.With("volume", quote.Prefix(v.Name)), v.Name, l.seq, l, v.Attachment)
+			}
+			out = append(out, Info{Name: v.Name, Backend: bn, SizeBytes: v.SizeBytes, CreatedAt: v.CreatedAt, Status: v.Status, Local: l})
 		}
 	}
 	if changed != 0 {

@@ -36,6 +36,11 @@ type record struct {
 	// Frozen: the filesystem is (being) frozen for a snapshot; Recover
 	// thaws it when a kill interrupted the snapshot.
 	Frozen bool `json:"frozen,omitempty"`
+
+	// seq changes at every put (not persisted): a query that asked the
+	// backend without the volume's lock trusts the answer only for the
+	// record it saw before asking.
+	seq uint64
 }
 
 // at is where the users find the volume: its mountpoint, or its device.
@@ -87,6 +92,7 @@ type records struct {
 	store *state.Store
 	mu    sync.RWMutex
 	m     map[string]record
+	seq   uint64 // the last record.seq given out
 }
 
 func (rs *records) get(name string) (record, bool) {
@@ -106,6 +112,8 @@ func (rs *records) put(r record) error {
 	}
 	r.Users = append([]string(nil), r.Users...)
 	rs.mu.Lock()
+	rs.seq++
+	r.seq = rs.seq
 	rs.m[r.Name] = r
 	rs.mu.Unlock()
 	return nil

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 
 	"github.com/blockvol/blockvol/internal/quote"
 
@@ -19,6 +20,12 @@ import (
 //     volume left with none is torn down;
 //   - mounted, with users, but the mount is gone (the host rebooted): the
 //     users are stale; the volume is detached and the record dropped;
+//   - unless its device is still attached here and in use: mounted in a
+//     mount namespace this process does not see (a managed plugin that
+//     Docker restarted under containers still running on the volume has a
+//     new one). Then the users are live and the record is kept; a later
+//     use mounts the same device here again (fs.Prepare leaves a device in
+//     use as it is), and the last release detaches it;
 //   - mounting (a crash in the middle of a use, whose caller got no
 //     answer and will send no release) or unmounting: torn down.
 //
@@ -40,7 +47,7 @@ func (d *Core) Recover(ctx context.Context) error {
 		log := d.log.With("op", "recover", "volume", name, "phase", r.Phase, "users", len(r.Users))
 		r = d.thawLeftover(ctx, log, r)
 		if r.Phase == phaseMounted && len(r.Users) > 0 {
-			kept, err := d.recoverUsers(log, r)
+			kept, err := d.recoverUsers(ctx, log, r)
 			if err != nil {
 				errs = append(errs, err)
 				continue
@@ -108,12 +115,21 @@ func (d *Core) detachUnrecorded(ctx context.Context) error {
 // recoverUsers decides the fate of a volume that was up with users: kept
 // (true) when it is still up and some claim is still held, its dead claims
 // dropped; false when it must be torn down.
-func (d *Core) recoverUsers(log *slog.Logger, r record) (bool, error) {
+func (d *Core) recoverUsers(ctx context.Context, log *slog.Logger, r record) (bool, error) {
 	up, err := d.isUp(r)
 	if err != nil {
 		return false, err
 	}
 	if !up {
+		elsewhere, err := d.inUseElsewhere(ctx, r)
+		if err != nil {
+			return false, err
+		}
+		if elsewhere {
+			log.Warn("volume's mount is not in this mount namespace, but its device is still attached and in use (containers that outlived a restart of the plugin); keeping it for its users",
+				"device", r.Device, "users", len(r.Users))
+			return true, nil
+		}
 		log.Warn("volume was up before but is not any more (reboot?); releasing its stale users")
 		return false, nil
 	}
@@ -134,6 +150,26 @@ func (d *Core) recoverUsers(log *slog.Logger, r record) (bool, error) {
 	}
 	log.Info("volume still up; keeping it for its users", "device", r.Device, "users", len(live))
 	return true, nil
+}
+
+// inUseElsewhere reports whether r's filesystem, not mounted in this mount
+// namespace, is still mounted from its device in another: the backend
+// reports the volume attached here (only a backend that can tell,
+// HostAttachments: after a reboot a device path may name another volume)
+// and something holds the device.
+func (d *Core) inUseElsewhere(ctx context.Context, r record) (bool, error) {
+	ha, ok := d.cfg.Backends[r.Backend].(backends.HostAttachments)
+	if !ok || r.Block || r.Device == "" {
+		return false, nil
+	}
+	names, err := ha.AttachedHere(ctx)
+	if err != nil {
+		return false, err
+	}
+	if !slices.Contains(names, r.Name) {
+		return false, nil
+	}
+	return d.cfg.FS.InUse(r.Device)
 }
 
 func (d *Core) recordNames() []string {

@@ -115,6 +115,9 @@ func (d *Core) CreateSnapshot(ctx context.Context, volume, snapshot string) (_ S
 // record says "frozen" meanwhile, so that Recover thaws a filesystem
 // whose plugin was killed in between.
 func (d *Core) frozen(ctx context.Context, log *slog.Logger, volume string, take func() error) (err error) {
+	if err := d.settle(ctx, log, volume); err != nil {
+		return err
+	}
 	r, ok := d.recs.get(volume)
 	if !ok || r.Block || r.Phase != phaseMounted {
 		return take()
@@ -290,6 +293,9 @@ func (d *Core) Resize(ctx context.Context, name string, sizeBytes int64) (err er
 		return err
 	}
 	defer unlock()
+	if err := d.settle(ctx, log, name); err != nil {
+		return err
+	}
 	be := d.cfg.Backends[bn]
 	ex, ok := be.(backends.Expander)
 	if !ok {
@@ -314,12 +320,12 @@ func (d *Core) Resize(ctx context.Context, name string, sizeBytes int64) (err er
 	// A backend that has the size already (a node-side expand after the
 	// controller's) is not asked again: iscsitarget refuses to touch a LUN
 	// an initiator is logged in to, cinder a same-size extend.
+	r, here := d.recs.get(name)
 	if sizeBytes > vol.SizeBytes {
-		if _, err := ex.Expand(ctx, name, sizeBytes); err != nil {
+		if err := d.expand(ctx, log, ex, name, r, here, sizeBytes); err != nil {
 			return fmt.Errorf("volume %s cannot be grown: %w", quote.Short(name), err)
 		}
 	}
-	r, here := d.recs.get(name)
 	if !here || r.Phase != phaseMounted {
 		log.Info("volume grown; its filesystem grows at its next mount", "backend", bn)
 		return nil
@@ -336,6 +342,21 @@ func (d *Core) Resize(ctx context.Context, name string, sizeBytes int64) (err er
 	}
 	log.Info("volume and its mounted filesystem grown", "backend", bn, "mountpoint", r.Mountpoint)
 	return nil
+}
+
+// expand asks the backend to grow volume name, whose record on this
+// host is r when here. A filesystem mounted here, on a backend that needs this
+// host's writes held for it (backends.HeldExpander), is grown with its
+// filesystem frozen for that step (thawed on every path).
+func (d *Core) expand(ctx context.Context, log *slog.Logger, ex backends.Expander, name string, r record, here bool, sizeBytes int64) error {
+	hx, ok := ex.(backends.HeldExpander)
+	if !ok || !here || r.Block || r.Phase != phaseMounted {
+		_, err := ex.Expand(ctx, name, sizeBytes)
+		return err
+	}
+	hold := func(step func() error) error { return d.frozen(ctx, log, name, step) }
+	_, err := hx.ExpandHeld(ctx, name, sizeBytes, hold)
+	return err
 }
 
 // lockedLookup takes the lock of name and finds its volume, for call c;

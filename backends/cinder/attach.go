@@ -81,6 +81,7 @@ func (b *Backend) Attach(ctx context.Context, name string, opts backends.AttachO
 		}
 		return dev, nil
 	}
+	tookOver := false
 	if busy(v) {
 		if !opts.Preempt && !b.cfg.Preempt {
 			return "", opErrf(op, name, "Cinder volume %s is %s %s; to take it over (that host loses it), create the volume with -o preempt=true or set preempt = true for this backend: %w",
@@ -89,6 +90,7 @@ func (b *Backend) Attach(ctx context.Context, name string, opts backends.AttachO
 		if v, err = b.takeOver(ctx, c, v, log); err != nil {
 			return "", opErr(op, name, err)
 		}
+		tookOver = true
 	}
 	if v.Status != "available" {
 		return "", opErrf(op, name, "Cinder volume %s is %s; only an available volume can be attached", v.ID, v.Status)
@@ -99,9 +101,9 @@ func (b *Backend) Attach(ctx context.Context, name string, opts backends.AttachO
 	}
 	var dev string
 	if b.attachAPI(c) == AttachAttachments {
-		dev, err = b.attachNew(ctx, c, v, connector, log)
+		dev, err = b.attachNew(ctx, c, v, connector, tookOver, log)
 	} else {
-		dev, err = b.attachLegacy(ctx, c, v, connector, log)
+		dev, err = b.attachLegacy(ctx, c, v, connector, tookOver, log)
 	}
 	if err != nil {
 		return "", opErr(op, name, err)
@@ -230,8 +232,9 @@ type attachment struct {
 }
 
 // attachNew attaches with the attachments API: create (with connector:
-// reserved and exported in one call), claim, login, os-complete.
-func (b *Backend) attachNew(ctx context.Context, c *conn, v *volumes.Volume, connector map[string]any, log *slog.Logger) (string, error) {
+// reserved and exported in one call), claim, login, os-complete. fenced:
+// the volume was taken over (fence.go).
+func (b *Backend) attachNew(ctx context.Context, c *conn, v *volumes.Volume, connector map[string]any, fenced bool, log *slog.Logger) (string, error) {
 	connector["mode"] = "rw" // read by Cinder before 3.54
 	var a attachment         // ExtractInto unwraps {"attachment": ...}
 	err := attachments.Create(ctx, c.at(mvAttachments), hostAttachment{VolumeUUID: v.ID, Connector: connector}).ExtractInto(&a)
@@ -243,7 +246,7 @@ func (b *Backend) attachNew(ctx context.Context, c *conn, v *volumes.Volume, con
 	}
 	log = log.With("attachment", a.ID)
 	log.Debug("attachment created", "status", a.Status)
-	rec := &record{Name: v.Name, VolumeID: v.ID, API: AttachAttachments, AttachmentID: a.ID}
+	rec := &record{Name: v.Name, VolumeID: v.ID, API: AttachAttachments, AttachmentID: a.ID, Fenced: fenced}
 	undo := func(ctx context.Context) error {
 		err := attachments.Delete(ctx, c.at(mvAttachments), a.ID).ExtractErr()
 		if err != nil && !gophercloud.ResponseCodeIs(err, http.StatusNotFound) {
@@ -262,7 +265,7 @@ func (b *Backend) attachNew(ctx context.Context, c *conn, v *volumes.Volume, con
 
 // attachLegacy attaches with the volume actions: os-reserve, claim,
 // os-initialize_connection, login, os-attach by host name.
-func (b *Backend) attachLegacy(ctx context.Context, c *conn, v *volumes.Volume, connector map[string]any, log *slog.Logger) (string, error) {
+func (b *Backend) attachLegacy(ctx context.Context, c *conn, v *volumes.Volume, connector map[string]any, fenced bool, log *slog.Logger) (string, error) {
 	if err := volumes.Reserve(ctx, c.base(), v.ID).ExtractErr(); err != nil {
 		return "", b.reserveError(ctx, c, v, "reserve the volume", err)
 	}
@@ -280,7 +283,7 @@ func (b *Backend) attachLegacy(ctx context.Context, c *conn, v *volumes.Volume, 
 		b.cleanup(ctx, unreserve, log, "unreserve the volume")
 		return "", b.cinderError(c.sc, "initialize the connection", err)
 	}
-	rec := &record{Name: v.Name, VolumeID: v.ID, API: AttachLegacy}
+	rec := &record{Name: v.Name, VolumeID: v.ID, API: AttachLegacy, Fenced: fenced}
 	undo := func(ctx context.Context) error {
 		if err := b.terminate(ctx, c, v.ID, connector); err != nil {
 			return err
@@ -324,7 +327,7 @@ func (b *Backend) connect(ctx context.Context, c *conn, v *volumes.Volume, rec *
 	if err := b.claim(ctx, c, v.ID); err != nil {
 		return "", err
 	}
-	if t, err = parseConnInfo(info, b.cfg.Multipath); err != nil {
+	if t, err = b.parseTarget(info); err != nil {
 		return "", err
 	}
 	rec.IQN, rec.Portals, rec.LUN = t.IQN, t.Portals, t.LUN
@@ -335,6 +338,11 @@ func (b *Backend) connect(ctx context.Context, c *conn, v *volumes.Volume, rec *
 	loggedIn = true // a failed login may leave a session behind: always log out
 	if dev, err = b.ini.Attach(ctx, t); err != nil {
 		return "", fmt.Errorf("log in to iSCSI target %s: %w", t.IQN, err)
+	}
+	if rec.Fenced {
+		if err := b.fence(ctx, dev, log); err != nil {
+			return "", err
+		}
 	}
 	if err := finish(ctx, dev); err != nil {
 		return "", err
@@ -353,6 +361,13 @@ func (b *Backend) reattach(ctx context.Context, c *conn, v *volumes.Volume, log 
 	dev, err := b.ini.Attach(ctx, t)
 	if err != nil {
 		return "", fmt.Errorf("log in to iSCSI target %s: %w", t.IQN, err)
+	}
+	// A volume this host took over is reserved again: a session logged in
+	// anew (after a reboot or an outage) is not registered.
+	if rec, err := b.readRecord(v.ID); err == nil && rec != nil && rec.Fenced {
+		if err := b.fence(ctx, dev, log); err != nil {
+			return "", err
+		}
 	}
 	log.Debug("volume already attached to this host", "device", dev)
 	return dev, nil
@@ -373,7 +388,7 @@ func (b *Backend) currentTarget(ctx context.Context, c *conn, v *volumes.Volume,
 	if err != nil {
 		return iscsi.Target{}, err
 	}
-	return parseConnInfo(info, b.cfg.Multipath)
+	return b.parseTarget(info)
 }
 
 // connectionInfo asks Cinder for the connection of our attachment: the
@@ -526,6 +541,9 @@ func (b *Backend) Detach(ctx context.Context, name string) error {
 	api := b.attachAPI(c)
 	if rec != nil {
 		api = rec.API
+		if rec.Fenced {
+			b.unfence(ctx, t, log)
+		}
 	}
 	if api == AttachLegacy {
 		err = b.detachLegacy(ctx, c, v, t, b.attachmentID(v, rec), log)

@@ -137,6 +137,12 @@ type Config struct {
 	InitiatorIP string
 	// Multipath asks Cinder for every portal of the target.
 	Multipath bool
+	// PortalMap replaces a portal ("address:port") Cinder returns by the
+	// one this host dials instead: for a target this host reaches only
+	// through NAT or a forwarder, when Cinder's target_ip_address is an
+	// address this host cannot reach. Portals not in the map are used as
+	// given.
+	PortalMap map[string]string
 	// StateDir holds the records of attached volumes (mode 0700).
 	StateDir string
 	// Zone is the availability zone of this host ("" = none): where CSI
@@ -393,19 +399,17 @@ func (b *Backend) create(ctx context.Context, req backends.CreateRequest, src ba
 	log = log.With("id", id)
 	log.Info("volume requested", "size_gib", gib, "type", v.VolumeType, "zone", v.AvailabilityZone)
 
-	v, err = b.waitVolume(ctx, c, id, func(v *volumes.Volume) bool { return v.Status != "creating" && v.Status != "downloading" })
-	switch {
-	case err != nil:
-		// Cinder does not let a volume that is still being created be
-		// deleted: it stays; once available, Create of the name reports it
-		// as existing and Attach waits for it.
-		return backends.Volume{}, opErrf(op, name, "waiting for Cinder volume %s to become available: %w", id, err)
-	case v == nil:
-		return backends.Volume{}, opErrf(op, name, "Cinder volume %s disappeared while being created", id)
-	case v.Status != "available":
-		reason := b.userMessage(ctx, c, v.ID)
-		b.cleanup(ctx, func(ctx context.Context) error { return b.deleteVolume(ctx, c, v.ID) }, log, "delete the failed volume")
-		return backends.Volume{}, opErrf(op, name, "Cinder volume %s went to status %q%s; it was deleted", v.ID, v.Status, reason)
+	// Cinder does not let a volume that is still being created be deleted:
+	// one whose wait fails stays; once available, Create of the name
+	// reports it as existing and Attach waits for it.
+	v, err = created(ctx, b, c, log, "volume", id, id,
+		func() (*volumes.Volume, error) {
+			return b.waitVolume(ctx, c, id, func(v *volumes.Volume) bool { return v.Status != "creating" && v.Status != "downloading" })
+		},
+		func(v *volumes.Volume) string { return v.Status },
+		func(ctx context.Context) error { return b.deleteVolume(ctx, c, id) })
+	if err != nil {
+		return backends.Volume{}, opErr(op, name, err)
 	}
 	// Several hosts may have created the name at once: the earliest wins.
 	// (Looking while Cinder creates ours slows this Cinder down more than
@@ -682,6 +686,29 @@ func (b *Backend) waitVolume(ctx context.Context, c *conn, id string, done func(
 	}, done, func(v *volumes.Volume) string { return v.Status })
 }
 
+// created waits, with wait, for a Cinder resource just created (kind:
+// volume, snapshot; id its Cinder ID; label how the errors of the wait
+// name it) to leave its creating states, and returns it once its status
+// is "available". A failed wait, or a resource gone meanwhile, is an
+// error; one in any other status is deleted with del (a failed delete is
+// logged to log: see cleanup) and the error carries Cinder's user message
+// about it.
+func created[T any](ctx context.Context, b *Backend, c *conn, log *slog.Logger, kind, label, id string,
+	wait func() (*T, error), status func(*T) string, del func(context.Context) error) (*T, error) {
+	v, err := wait()
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("waiting for Cinder %s %s to become available: %w", kind, label, err)
+	case v == nil:
+		return nil, fmt.Errorf("Cinder %s %s disappeared while being created", kind, label)
+	case status(v) != "available":
+		reason := b.userMessage(ctx, c, id)
+		b.cleanup(ctx, del, log, "delete the failed "+kind)
+		return nil, fmt.Errorf("Cinder %s %s went to status %q%s; it was deleted", kind, id, status(v), reason)
+	}
+	return v, nil
+}
+
 // await is waitVolume for any Cinder resource: get reads it (a 404 means
 // gone), status tells its status for the error at ctx's end.
 func await[T any](ctx context.Context, b *Backend, c *conn, what string, get func(context.Context) (*T, error), done func(*T) bool, status func(*T) string) (*T, error) {
@@ -756,12 +783,29 @@ func (b *Backend) toVolume(v *volumes.Volume) (backends.Volume, error) {
 		status["attached"] = h
 	}
 	return backends.Volume{
-		Name:      v.Name,
-		SizeBytes: int64(v.Size) << 30,
-		CreatedAt: v.CreatedAt,
-		Meta:      meta,
-		Status:    status,
+		Name:       v.Name,
+		SizeBytes:  int64(v.Size) << 30,
+		CreatedAt:  v.CreatedAt,
+		Meta:       meta,
+		Status:     status,
+		Attachment: b.attachment(v),
 	}, nil
+}
+
+// attachment is the volume's claim as seen from this host: here, another
+// host's (its metadata names it), or nobody's (not attached at all); nil
+// when Cinder has it attached without a claim of blockvol's (another tool,
+// an earlier version), where nothing can be said.
+func (b *Backend) attachment(v *volumes.Volume) *backends.Attachment {
+	switch {
+	case b.claimedHere(v):
+		return &backends.Attachment{Here: true}
+	case v.Metadata[claimUUIDKey] != "":
+		return &backends.Attachment{Holder: v.Metadata[claimHostKey]}
+	case !busy(v):
+		return &backends.Attachment{}
+	}
+	return nil
 }
 
 // busy reports whether a volume is attached, or being attached or detached.

@@ -49,15 +49,24 @@ var cloud struct {
 }
 
 func TestMain(m *testing.M) {
+	// Another package (test/vm) may use the services at the same time:
+	// stop them only once it is done.
+	use, _ := testenv.UseOpenStack() // nil where it cannot be had (not root): then nothing is shared
 	code := m.Run()
+	var stop func() error
 	if cloud.started {
-		t0 := time.Now()
-		if out, err := runSetup("stop"); err != nil {
-			fmt.Fprintf(os.Stderr, "stopping the OpenStack test services: %v\n%s", err, out)
-			code = max(code, 1)
-		} else {
+		stop = func() error {
+			t0 := time.Now()
+			if out, err := runSetup("stop"); err != nil {
+				return fmt.Errorf("%w\n%s", err, out)
+			}
 			fmt.Fprintf(os.Stderr, "OpenStack test services: started in %.1fs, stopped in %.1fs\n", cloud.took.Seconds(), time.Since(t0).Seconds())
+			return nil
 		}
+	}
+	if err := use.Done(stop); err != nil {
+		fmt.Fprintf(os.Stderr, "stopping the OpenStack test services: %v\n", err)
+		code = max(code, 1)
 	}
 	os.Exit(code)
 }

@@ -48,6 +48,21 @@ func (f *flexInt) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
+// parseTarget is parseConnInfo with this host's settings: multipath, and
+// each portal replaced as Config.PortalMap says.
+func (b *Backend) parseTarget(raw json.RawMessage) (iscsi.Target, error) {
+	t, err := parseConnInfo(raw, b.cfg.Multipath)
+	if err != nil {
+		return t, err
+	}
+	for i, p := range t.Portals {
+		if to, ok := b.cfg.PortalMap[p]; ok {
+			t.Portals[i] = to
+		}
+	}
+	return t, nil
+}
+
 // parseConnInfo turns Cinder's connection_info into the target our
 // initiator logs in to: the portal, IQN and LUN as given, and CHAP and
 // discovery CHAP exactly when Cinder asks for them (never forced). With

@@ -29,6 +29,8 @@ type record struct {
 	IQN          string   `json:"iqn"`
 	Portals      []string `json:"portals"`
 	LUN          int      `json:"lun"`
+	// Fenced: attached by a takeover, reserved for this host (fence.go).
+	Fenced bool `json:"fenced,omitempty"`
 }
 
 func (r *record) target() iscsi.Target {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
-	"sort"
 
 	"github.com/gophercloud/gophercloud/v2"
 	"github.com/gophercloud/gophercloud/v2/openstack/blockstorage/v3/snapshots"
@@ -63,16 +62,15 @@ func (b *Backend) CreateSnapshot(ctx context.Context, volume, name string) (back
 		return backends.Snapshot{}, opErr(op, volume, b.cinderError(c.sc, "create the snapshot", err))
 	}
 	log := b.log.With("volume", volume, "snapshot", name, "id", s.ID, "op", op)
-	s, err = b.waitSnapshot(ctx, c, s.ID, func(s *snapshots.Snapshot) bool { return s.Status != "creating" })
-	switch {
-	case err != nil:
-		return backends.Snapshot{}, opErrf(op, volume, "waiting for Cinder snapshot %q to become available: %w", name, err)
-	case s == nil:
-		return backends.Snapshot{}, opErrf(op, volume, "Cinder snapshot %q disappeared while being created", name)
-	case s.Status != "available":
-		reason := b.userMessage(ctx, c, s.ID)
-		b.cleanup(ctx, func(ctx context.Context) error { return b.deleteSnapshot(ctx, c, s.ID) }, log, "delete the failed snapshot")
-		return backends.Snapshot{}, opErrf(op, volume, "Cinder snapshot %s went to status %q%s; it was deleted", s.ID, s.Status, reason)
+	id := s.ID
+	s, err = created(ctx, b, c, log, "snapshot", fmt.Sprintf("%q", name), id,
+		func() (*snapshots.Snapshot, error) {
+			return b.waitSnapshot(ctx, c, id, func(s *snapshots.Snapshot) bool { return s.Status != "creating" })
+		},
+		func(s *snapshots.Snapshot) string { return s.Status },
+		func(ctx context.Context) error { return b.deleteSnapshot(ctx, c, id) })
+	if err != nil {
+		return backends.Snapshot{}, opErr(op, volume, err)
 	}
 	log.Info("snapshot taken", "size_gib", s.Size)
 	return toSnapshot(s), nil
@@ -105,14 +103,11 @@ func (b *Backend) ListSnapshots(ctx context.Context, volume string) ([]backends.
 	if err != nil {
 		return nil, fmt.Errorf("cinder: list snapshots: %w", err)
 	}
-	var out []backends.Snapshot
+	out := make([]backends.Snapshot, len(all))
 	for i := range all {
-		if volume == "" || all[i].Metadata[snapVolumeKey] == volume {
-			out = append(out, toSnapshot(&all[i]))
-		}
+		out[i] = toSnapshot(&all[i])
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out, nil
+	return backends.SnapshotsOf(out, volume), nil
 }
 
 // RemoveSnapshot implements backends.Snapshotter; it returns once Cinder

@@ -32,6 +32,7 @@ func TestRealExpand(t *testing.T) {
 	t.Cleanup(func() { _ = a.b.Detach(context.Background(), name) })
 	iqn := realPrefix + ":" + name
 	r.wantCapacity(initA, iqn, 64*mib)
+	r.wantIdentity(iqn)
 
 	v, err := a.b.Expand(ctx, name, 96*mib)
 	if err != nil {
@@ -41,6 +42,7 @@ func TestRealExpand(t *testing.T) {
 		t.Fatalf("Expand = %+v", v)
 	}
 	r.wantCapacity(initA, iqn, 96*mib)
+	r.wantIdentity(iqn) // the LUN added again keeps it
 	if fi, err := os.Stat(filepath.Join(r.pool, name+".img")); err != nil || fi.Size() != 96*mib {
 		t.Fatalf("backing file: %v, %v", fi, err)
 	}

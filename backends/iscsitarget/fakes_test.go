@@ -199,6 +199,11 @@ func tgtadm(args ...string) []string {
 
 func tgtCall(args ...string) hostexec.Call { return hostexec.Call{Argv: tgtadm(args...)} }
 
+// lunIDCall gives LUN 1 of target tid (iqn) its identity.
+func lunIDCall(tid, iqn string) hostexec.Call {
+	return tgtCall("--mode", "logicalunit", "--op", "update", "--tid", tid, "--lun", "1", "--params", lunParams(iqn))
+}
+
 // tgtRefusal is a tgtadm call that tgtd refuses with msg.
 func tgtRefusal(msg string, args ...string) hostexec.Call {
 	return hostexec.Call{Argv: tgtadm(args...), Code: 22, Stderr: "tgtadm: " + msg + "\n"}

@@ -5,7 +5,8 @@
 # never parsed as shell syntax. POSIX sh, coreutils and util-linux only.
 #
 # Exit status: 0 done, 3 not found, 4 already exists, 5 the size was refused
-# by the file system; anything else is a failure explained on stderr.
+# by the file system, 6 a LUN deleted but not added again; anything else is
+# a failure explained on stderr.
 set -eu
 umask 077
 op=$1
@@ -30,6 +31,7 @@ emit() {
 		printf '\0'
 		;;
 	*.img) printf 'image\0%s\0%s\0\0' "$1" "${b%.img}" ;;
+	*.json.damaged-*) printf 'aside\0%s\0%s\0%s\0' "$1" "${b%%.json.damaged-*}" "$b" ;;
 	esac
 }
 
@@ -108,13 +110,45 @@ copy)
 	;;
 snapscan)
 	# snapscan DIR...: the snapshot records in each DIR (missing ones are
-	# empty): record NUL dir NUL name NUL <content> NUL, image ... as scan.
+	# empty): record NUL dir NUL name NUL <content> NUL, image ... as scan,
+	# and aside NUL dir NUL name NUL <file name> NUL for a record set aside.
 	for d in "$@"; do
 		[ -d "$d" ] || continue
-		for f in "$d"/*.json "$d"/*.img; do
+		for f in "$d"/*.json "$d"/*.img "$d"/*.json.damaged-*; do
 			emit "$d" "$f"
 		done
 	done
+	;;
+relun)
+	# relun PORT TID LUN FILE WAIT PARAMS: delete LUN of tgtd's target TID
+	# (control port PORT) and add it again over FILE at once, with the
+	# LUN parameters PARAMS (its identity), so that tgtd reads FILE's size
+	# anew. While tgtd says commands are in flight the delete is retried
+	# every 20 ms when WAIT is "wait" (the caller ends this when its time
+	# is up), else exit 4. Exit 6: deleted, but the add failed (the target
+	# has no such LUN); exit 7: added, but PARAMS were refused.
+	while ! out=$(tgtadm -C "$1" --lld iscsi --mode logicalunit --op delete --tid "$2" --lun "$3" 2>&1); do
+		case $out in
+		*"still active"*)
+			[ "$5" = wait ] || exit 4
+			sleep 0.02
+			;;
+		*)
+			printf '%s\n' "$out" >&2
+			exit 1
+			;;
+		esac
+	done
+	tgtadm -C "$1" --lld iscsi --mode logicalunit --op new --tid "$2" --lun "$3" --backing-store "$4" || exit 6
+	tgtadm -C "$1" --lld iscsi --mode logicalunit --op update --tid "$2" --lun "$3" --params "$6" || exit 7
+	;;
+aside)
+	# aside FILE TO: rename the damaged record FILE to TO (kept for
+	# inspection), durably; never over an existing TO.
+	[ -f "$1" ] || [ -L "$1" ] || exit 3
+	[ ! -e "$2" ] && [ ! -L "$2" ] || exit 4
+	mv -- "$1" "$2"
+	sync -- "$(dirof "$1")"
 	;;
 grow)
 	# grow FILE SIZE: lengthen FILE to SIZE bytes (never shorten it),

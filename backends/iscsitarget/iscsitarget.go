@@ -15,8 +15,10 @@
 // and one target, <iqn_prefix>:N (see iqnFor for names that are not valid
 // in an iSCSI name), LUN 1 backed by N.img. The record, not tgtd, is the
 // truth: tgtd forgets its targets when it restarts, and a target missing
-// for a volume is exported again from the record at the volume's next
-// Attach (Get and List report it as missing meanwhile). Files are changed
+// for a volume is exported again from the record by Reconcile (which the
+// plugin calls every few seconds while the volume is mounted on its host,
+// and only while the record names that host; reconcile.go), or at the
+// volume's next Attach (Get and List report it as missing meanwhile). Files are changed
 // by a small POSIX sh helper (helper.sh) given as the script of `sh -c`,
 // every value passed as a positional parameter, so no user value is ever
 // shell syntax; over SSH, each argument is additionally quoted for the
@@ -96,6 +98,9 @@ const undoTimeout = 30 * time.Second
 type Config struct {
 	// Portal is the "ip:port" initiators log in to.
 	Portal string
+	// Portals are more "ip:port" of the target host: each volume is
+	// logged in through Portal and all of them (multipath).
+	Portals []string
 	// IQNPrefix starts every target name: <IQNPrefix>:<volume>.
 	IQNPrefix string
 	// Pools maps each volume type to a directory on the target host; it
@@ -127,6 +132,7 @@ type Backend struct {
 	log  *slog.Logger
 
 	portal      string
+	portals     []string // portal first, then Config.Portals
 	iqnPrefix   string
 	pools       map[string]string
 	poolTypes   []string // sorted
@@ -161,8 +167,10 @@ func New(cfg Config, host Host, init backends.Initiator, log *slog.Logger) (*Bac
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if host, port, err := net.SplitHostPort(cfg.Portal); err != nil || net.ParseIP(host) == nil || port == "" {
-		return nil, fmt.Errorf("iscsitarget: portal %q must be ip:port", cfg.Portal)
+	for _, p := range append([]string{cfg.Portal}, cfg.Portals...) {
+		if host, port, err := net.SplitHostPort(p); err != nil || net.ParseIP(host) == nil || port == "" {
+			return nil, fmt.Errorf("iscsitarget: portal %q must be ip:port", p)
+		}
 	}
 	if cfg.IQNPrefix == "" || strings.ContainsAny(cfg.IQNPrefix, " \t\n/") || strings.HasSuffix(cfg.IQNPrefix, ":") {
 		return nil, fmt.Errorf("iscsitarget: invalid IQN prefix %q", cfg.IQNPrefix)
@@ -199,6 +207,7 @@ func New(cfg Config, host Host, init backends.Initiator, log *slog.Logger) (*Bac
 		init:        init,
 		log:         log.With(slog.String("backend", BackendName)),
 		portal:      cfg.Portal,
+		portals:     append([]string{cfg.Portal}, cfg.Portals...),
 		iqnPrefix:   cfg.IQNPrefix,
 		pools:       pools,
 		poolTypes:   slices.Sorted(maps.Keys(pools)),
@@ -819,7 +828,7 @@ func (b *Backend) Check(ctx context.Context) error {
 
 // target is what the initiator needs to log in to a volume.
 func (b *Backend) target(r *record) iscsi.Target {
-	return iscsi.Target{IQN: r.IQN, Portals: []string{b.portal}, LUN: lun, CHAP: b.chap}
+	return iscsi.Target{IQN: r.IQN, Portals: slices.Clone(b.portals), LUN: lun, CHAP: b.chap}
 }
 
 func (b *Backend) volume(f *found, e *export, listErr error) backends.Volume {
@@ -838,7 +847,7 @@ func (b *Backend) volume(f *found, e *export, listErr error) backends.Volume {
 	case listErr != nil:
 		status["export"] = "unknown: " + listErr.Error()
 	case e == nil:
-		status["export"] = "missing: tgtd has no such target (restarted?); the next attach exports it again"
+		status["export"] = "missing: tgtd has no such target (restarted?); the host that has it mounted exports it again within seconds, else the next attach exports it again"
 	default:
 		status["export"] = "ok"
 		if in := e.connected(); len(in) > 0 {
@@ -847,11 +856,29 @@ func (b *Backend) volume(f *found, e *export, listErr error) backends.Volume {
 		}
 	}
 	return backends.Volume{
-		Name:      r.Name,
-		SizeBytes: r.SizeBytes,
-		CreatedAt: r.CreatedAt,
-		Meta:      maps.Clone(r.Meta),
-		Status:    status,
+		Name:       r.Name,
+		SizeBytes:  r.SizeBytes,
+		CreatedAt:  r.CreatedAt,
+		Meta:       maps.Clone(r.Meta),
+		Status:     status,
+		Attachment: b.attachment(r),
+	}
+}
+
+// attachment is r's claim as seen from this host; nil when this host's
+// initiator name cannot be read (then nothing can be said).
+func (b *Backend) attachment(r *record) *backends.Attachment {
+	me, err := b.init.InitiatorName()
+	if err != nil {
+		return nil
+	}
+	switch a := r.Attached; {
+	case a == nil:
+		return &backends.Attachment{}
+	case a.Initiator == me:
+		return &backends.Attachment{Here: true}
+	default:
+		return &backends.Attachment{Holder: a.String()}
 	}
 }
 

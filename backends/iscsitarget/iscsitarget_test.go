@@ -28,6 +28,7 @@ func TestCreateMakesFileTargetAndRecord(t *testing.T) {
 		helperCall("create", poolDir+"/v1.img", "1073741824"),
 		tgtCall("--mode", "target", "--op", "new", "--tid", "4", "--targetname", testPrefix+":v1"),
 		tgtCall("--mode", "logicalunit", "--op", "new", "--tid", "4", "--lun", "1", "--backing-store", poolDir+"/v1.img"),
+		lunIDCall("4", testPrefix+":v1"),
 		writeCall(poolDir, r),
 	)
 	v, err := e.b.Create(ctx, backends.CreateRequest{Name: "v1", SizeBytes: gib, Meta: map[string]string{"fstype": "xfs"}})
@@ -37,7 +38,7 @@ func TestCreateMakesFileTargetAndRecord(t *testing.T) {
 	want := backends.Volume{Name: "v1", SizeBytes: gib, CreatedAt: t0, Meta: map[string]string{"fstype": "xfs"}, Status: map[string]any{
 		"backend": "iscsitarget", "type": "default", "target": testPrefix + ":v1", "portal": testPortal,
 		"file": poolDir + "/v1.img", "export": "ok",
-	}}
+	}, Attachment: &backends.Attachment{}}
 	if !reflect.DeepEqual(v, want) {
 		t.Fatalf("Create =\n %#v\nwant\n %#v", v, want)
 	}
@@ -54,6 +55,7 @@ func TestCreateTypeChoosesPoolAndCHAPIsBound(t *testing.T) {
 		helperCall("create", ssdDir+"/Fast_1.img", "1048576"),
 		tgtCall("--mode", "target", "--op", "new", "--tid", "1", "--targetname", r.IQN),
 		tgtCall("--mode", "logicalunit", "--op", "new", "--tid", "1", "--lun", "1", "--backing-store", ssdDir+"/Fast_1.img"),
+		lunIDCall("1", r.IQN),
 		tgtRefusal("can't find the account", "--mode", "account", "--op", "bind", "--tid", "1", "--user", "bv"),
 		tgtCall("--mode", "account", "--op", "new", "--user", "bv", "--password", "s3cret-s3cret"),
 		tgtCall("--mode", "account", "--op", "bind", "--tid", "1", "--user", "bv"),
@@ -118,6 +120,7 @@ func TestCreateTakesOverLeftoversOfACrash(t *testing.T) {
 		helperCall("create", poolDir+"/v1.img", "1073741824"),
 		tgtCall("--mode", "target", "--op", "new", "--tid", "1", "--targetname", r.IQN),
 		tgtCall("--mode", "logicalunit", "--op", "new", "--tid", "1", "--lun", "1", "--backing-store", poolDir+"/v1.img"),
+		lunIDCall("1", testPrefix+":v1"),
 		writeCall(poolDir, r),
 	)
 	if _, err := e.b.Create(ctx, backends.CreateRequest{Name: "v1", SizeBytes: gib}); err != nil {
@@ -176,6 +179,7 @@ func TestCHAPPasswordNeverInErrors(t *testing.T) {
 		helperCall("create", poolDir+"/v1.img", "1073741824"),
 		tgtCall("--mode", "target", "--op", "new", "--tid", "1", "--targetname", testPrefix+":v1"),
 		tgtCall("--mode", "logicalunit", "--op", "new", "--tid", "1", "--lun", "1", "--backing-store", poolDir+"/v1.img"),
+		lunIDCall("1", testPrefix+":v1"),
 		tgtRefusal("can't find the account", "--mode", "account", "--op", "bind", "--tid", "1", "--user", "bv"),
 		hostexec.Call{Argv: tgtadm("--mode", "account", "--op", "new", "--user", "bv", "--password", password), Code: 22, Stderr: "tgtadm: invalid request " + password + "\n"},
 		tgtCall("--mode", "target", "--op", "delete", "--tid", "1"),
@@ -213,6 +217,26 @@ func TestAttachClaimsThenAllows(t *testing.T) {
 		t.Fatalf("device %q, want %q", dev, want)
 	}
 	want := []iscsi.Target{{IQN: testPrefix + ":v1", Portals: []string{testPortal}, LUN: 1}}
+	if !reflect.DeepEqual(e.ini.attached, want) {
+		t.Fatalf("initiator attached %+v, want %+v", e.ini.attached, want)
+	}
+}
+
+// TestAttachThroughEveryPortal: with more portals configured, the volume is
+// logged in through the portal and each of them (multipath).
+func TestAttachThroughEveryPortal(t *testing.T) {
+	r := rec("v1")
+	e := newEnv(t, func(c *Config) { c.Portals = []string{"192.0.2.2:3260", "192.0.2.3:3261"} },
+		lockCall("attach", "v1"),
+		scanCall("v1", vol(poolDir, r)),
+		showCall(exported(2, r)),
+		writeCall(poolDir, claim(r)),
+		tgtCall("--mode", "target", "--op", "bind", "--tid", "2", "--initiator-name", me),
+	)
+	if _, err := e.b.Attach(ctx, "v1", backends.AttachOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	want := []iscsi.Target{{IQN: testPrefix + ":v1", Portals: []string{testPortal, "192.0.2.2:3260", "192.0.2.3:3261"}, LUN: 1}}
 	if !reflect.DeepEqual(e.ini.attached, want) {
 		t.Fatalf("initiator attached %+v, want %+v", e.ini.attached, want)
 	}
@@ -326,6 +350,7 @@ func TestAttachExportsAgainAfterATgtdRestart(t *testing.T) {
 		showCall(),
 		tgtCall("--mode", "target", "--op", "new", "--tid", "1", "--targetname", r.IQN),
 		tgtCall("--mode", "logicalunit", "--op", "new", "--tid", "1", "--lun", "1", "--backing-store", poolDir+"/v1.img"),
+		lunIDCall("1", testPrefix+":v1"),
 		tgtCall("--mode", "target", "--op", "bind", "--tid", "1", "--initiator-name", other),
 	)
 	_, err := e.b.Attach(ctx, "v1", backends.AttachOptions{})
@@ -342,6 +367,7 @@ func TestAttachExportsAgainAndLogsIn(t *testing.T) {
 		showCall(target{tid: 4, iqn: "iqn.2000-01.other:x"}),
 		tgtCall("--mode", "target", "--op", "new", "--tid", "5", "--targetname", r.IQN),
 		tgtCall("--mode", "logicalunit", "--op", "new", "--tid", "5", "--lun", "1", "--backing-store", poolDir+"/v1.img"),
+		lunIDCall("5", testPrefix+":v1"),
 		tgtCall("--mode", "target", "--op", "bind", "--tid", "5", "--initiator-name", me),
 		tgtCall("--mode", "account", "--op", "bind", "--tid", "5", "--user", "bv"),
 	)
@@ -803,5 +829,20 @@ func TestLockTurnsAreQueuedUpToTheCallsDeadline(t *testing.T) {
 	})
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "wait for a turn at the target host's lock of volume v1") {
 		t.Fatalf("withLock with every turn taken = %v", err)
+	}
+}
+
+// TestLUNIdentity: each volume's LUN has its own identity, the same at
+// every export, within tgt's 24-character scsi_id.
+func TestLUNIdentity(t *testing.T) {
+	a, b := lunIdentity(testPrefix+":v1"), lunIdentity(testPrefix+":v2")
+	if a != "8b335000ec5282a343b7010d" {
+		t.Errorf("identity of v1 = %q; want the one every earlier export gave it", a)
+	}
+	if a == b || len(b) != 24 {
+		t.Errorf("identities %q and %q: want two different ones of 24 hex digits", a, b)
+	}
+	if got, want := lunParams(testPrefix+":v1"), "scsi_id="+a+",scsi_sn="+a; got != want {
+		t.Errorf("lunParams = %q; want %q", got, want)
 	}
 }

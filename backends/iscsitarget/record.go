@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/blockvol/blockvol/hostexec"
@@ -27,6 +28,8 @@ const (
 	helperNotFound  = 3
 	helperExists    = 4
 	helperSizeError = 5
+	helperNoReadd   = 6
+	helperNoParams  = 7
 )
 
 // helperArgv is the argv that runs the helper's operation op.
@@ -130,11 +133,7 @@ func (b *Backend) scan(ctx context.Context, name string) (map[string]*found, err
 		if checkName(n) != nil || (name != "" && n != name) {
 			continue // not a volume file of ours
 		}
-		f := all[n]
-		if f == nil {
-			f = &found{name: n}
-			all[n] = f
-		}
+		f := byName(all, n, func() *found { return &found{name: n} })
 		switch kind {
 		case "image":
 			f.images = append(f.images, dir)
@@ -194,17 +193,40 @@ func (b *Backend) writeRecord(ctx context.Context, dir string, r *record) error 
 
 // createImage makes the sparse backing file.
 func (b *Backend) createImage(ctx context.Context, path string, size int64) error {
-	_, err := b.helper(ctx, "create", path, fmt.Sprint(size))
+	return b.sizeFile(ctx, "create backing file "+path, "", "backing file "+path, path, size, "create", path)
+}
+
+// sizeFile runs the helper command cmd with args, size appended, that writes file,
+// size bytes long, on the target host. Its exit statuses become errors
+// naming the files as given: helperNotFound (missing, the file that must
+// exist; "" when the command has none) wraps ErrNotFound, helperExists
+// (exists, the file that appeared meanwhile; "" when none) ErrExists,
+// helperSizeError (the file system refused the size) ErrInvalid; any other
+// failure is wrapped after doing.
+func (b *Backend) sizeFile(ctx context.Context, doing, missing, exists, file string, size int64, cmd string, args ...string) error {
+	_, err := b.helper(ctx, cmd, append(args, strconv.FormatInt(size, 10))...)
 	if err == nil {
 		return nil
 	}
-	switch hostexec.ExitCode(err) {
-	case helperExists:
-		return fmt.Errorf("backing file %s appeared concurrently: %w", path, sentinel.ErrExists)
-	case helperSizeError:
-		return fmt.Errorf("the target host's file system refused size %d for %s: %w: %w", size, path, err, sentinel.ErrInvalid)
+	switch code := hostexec.ExitCode(err); {
+	case code == helperNotFound && missing != "":
+		return fmt.Errorf("%s is missing on the target host: %w", missing, sentinel.ErrNotFound)
+	case code == helperExists && exists != "":
+		return fmt.Errorf("%s appeared concurrently: %w", exists, sentinel.ErrExists)
+	case code == helperSizeError:
+		return fmt.Errorf("the target host's file system refused size %d for %s: %w: %w", size, file, err, sentinel.ErrInvalid)
 	}
-	return fmt.Errorf("create backing file %s on the target host: %w", path, err)
+	return fmt.Errorf("%s on the target host: %w", doing, err)
+}
+
+// byName returns all[n], first adding the one mk makes when there is none.
+func byName[T any](all map[string]*T, n string, mk func() *T) *T {
+	v := all[n]
+	if v == nil {
+		v = mk()
+		all[n] = v
+	}
+	return v
 }
 
 // removeFiles deletes files on the target host, in order, durably.

@@ -145,6 +145,22 @@ func (r *realEnv) targets() map[string]*export {
 	return m
 }
 
+// wantIdentity asserts that tgtd shows LUN 1 of target iqn with the
+// volume's own SCSI ID and serial (lunIdentity), not tgt's default.
+func (r *realEnv) wantIdentity(iqn string) {
+	r.t.Helper()
+	out, err := r.tgtd.Tgtadm("--mode", "target", "--op", "show")
+	if err != nil {
+		r.t.Fatalf("tgtadm: %v %s", err, out)
+	}
+	_, block, _ := strings.Cut(out, ": "+iqn+"\n")
+	block, _, _ = strings.Cut(block, "\nTarget ")
+	id := lunIdentity(iqn)
+	if !strings.Contains(block, "SCSI ID: "+id) || !strings.Contains(block, "SCSI SN: "+id) {
+		r.t.Fatalf("target %s: want LUN 1 with SCSI ID and SN %s; tgtd shows:\n%s", iqn, id, block)
+	}
+}
+
 func (r *realEnv) acl(iqn string) []string {
 	r.t.Helper()
 	e := r.targets()[iqn]

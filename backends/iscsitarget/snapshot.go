@@ -6,13 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
-	"strconv"
 	"time"
 
 	"github.com/blockvol/blockvol/backends"
-	"github.com/blockvol/blockvol/hostexec"
 	"github.com/blockvol/blockvol/internal/sentinel"
+	"github.com/blockvol/blockvol/state"
 )
 
 // Snapshots live on the target host in <pool>/snapshots of their volume's
@@ -20,7 +18,11 @@ import (
 // (a reflink where the file system can, else a sparse copy), and S.json,
 // the record that commits it, written atomically after the copy is
 // durable. An image without a record is debris of an interrupted snapshot,
-// replaced by the next snapshot of its name. Clones are made by Create
+// replaced by the next snapshot of its name. A record that cannot be read
+// is set aside on the target host (renamed S.json.damaged-<time>, kept for
+// inspection) with one ERROR line; its image is no debris: the snapshot is
+// listed with the damage, its name is not taken again, and it can be
+// removed. Clones are made by Create
 // with the backing file copied from a snapshot or a volume. Everything
 // runs under the target host's lock, so a copy never races a change.
 
@@ -44,6 +46,7 @@ type snapFound struct {
 	recErr error
 	dir    string // holding the record (or else the image)
 	image  bool
+	aside  []string // its records set aside as damaged, oldest first
 }
 
 func (b *Backend) snapDirs() []string {
@@ -66,14 +69,12 @@ func (b *Backend) snapScan(ctx context.Context) (map[string]*snapFound, error) {
 		if checkName(n) != nil {
 			continue
 		}
-		s := all[n]
-		if s == nil {
-			s = &snapFound{dir: dir}
-			all[n] = s
-		}
+		s := byName(all, n, func() *snapFound { return &snapFound{dir: dir} })
 		switch kind {
 		case "image":
 			s.image = true
+		case "aside":
+			s.aside = append(s.aside, dir+"/"+string(content))
 		case "record":
 			var r snapRecord
 			err := json.Unmarshal(content, &r)
@@ -87,7 +88,31 @@ func (b *Backend) snapScan(ctx context.Context) (map[string]*snapFound, error) {
 			s.rec, s.dir = &r, dir
 		}
 	}
+	for n, s := range all {
+		switch {
+		case s.rec != nil || !s.image:
+		case s.recErr != nil:
+			b.setAside(ctx, n, s)
+		case len(s.aside) > 0:
+			s.recErr = fmt.Errorf("snapshot record %s/%s.json was damaged and is set aside as %s", s.dir, n, s.aside[len(s.aside)-1])
+		}
+	}
 	return all, nil
+}
+
+// setAside renames the damaged record of snapshot name on the target host
+// (state.QuarantineName), keeping its image, and says so in s.recErr; a
+// failure leaves the record in place, said in the one ERROR line.
+func (b *Backend) setAside(ctx context.Context, name string, s *snapFound) {
+	rec := s.dir + "/" + name + ".json"
+	to := state.QuarantineName(rec, b.now())
+	if _, err := b.helper(ctx, "aside", rec, to); err != nil {
+		b.log.Error("snapshot record is damaged and cannot be set aside; the snapshot is kept and listed with the damage", slog.String("snapshot", name), slog.Any("error", s.recErr), slog.Any("set_aside_error", err))
+		return
+	}
+	b.log.Error("snapshot record is damaged; set it aside, the snapshot is kept and listed with the damage", slog.String("snapshot", name), slog.String("set_aside_as", to), slog.Any("error", s.recErr))
+	s.aside = append(s.aside, to)
+	s.recErr = fmt.Errorf("%w; set aside as %s", s.recErr, to)
 }
 
 // findSnap returns the complete snapshot name (record and image).
@@ -157,20 +182,7 @@ func (b *Backend) CreateSnapshot(ctx context.Context, volume, name string) (back
 
 // copyImage makes dst a copy of src, size bytes long, on the target host.
 func (b *Backend) copyImage(ctx context.Context, src, dst string, size int64) error {
-	_, err := b.helper(ctx, "copy", src, dst, strconv.FormatInt(size, 10))
-	switch hostexec.ExitCode(err) {
-	case -1:
-		if err == nil {
-			return nil
-		}
-	case helperNotFound:
-		return fmt.Errorf("%s is missing on the target host: %w", src, sentinel.ErrNotFound)
-	case helperExists:
-		return fmt.Errorf("%s appeared concurrently: %w", dst, sentinel.ErrExists)
-	case helperSizeError:
-		return fmt.Errorf("the target host's file system refused size %d for %s: %w: %w", size, dst, err, sentinel.ErrInvalid)
-	}
-	return fmt.Errorf("copy %s to %s on the target host: %w", src, dst, err)
+	return b.sizeFile(ctx, "copy "+src+" to "+dst, src, dst, dst, size, "copy", src, dst)
 }
 
 // GetSnapshot implements backends.Snapshotter.
@@ -197,12 +209,9 @@ func (b *Backend) ListSnapshots(ctx context.Context, volume string) ([]backends.
 		if !s.image || (s.rec == nil && s.recErr == nil) {
 			continue
 		}
-		if volume == "" || (s.rec != nil && s.rec.Volume == volume) {
-			out = append(out, b.snapshot(s, n))
-		}
+		out = append(out, b.snapshot(s, n))
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out, nil
+	return backends.SnapshotsOf(out, volume), nil
 }
 
 // RemoveSnapshot implements backends.Snapshotter: record first, image second.

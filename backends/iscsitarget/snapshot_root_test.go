@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/blockvol/blockvol/backends"
@@ -102,4 +104,52 @@ func peek(t *testing.T, path string, n int) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestRealDamagedSnapshotRecord with the real helper on this host: a
+// garbled snapshot record is renamed aside (.damaged-<time>) by the first
+// listing; the image stays, the snapshot is listed damaged by this and by
+// a fresh backend, its name is refused to a new snapshot, and it is
+// removable, the set-aside record kept.
+func TestRealDamagedSnapshotRecord(t *testing.T) {
+	r := newRealEnv(t)
+	a := r.agent(nil, "bvsnap-node", initA, true, nil)
+	ctx := context.Background()
+	const vol, snap = "bvsnap-dv", "bvsnap-ds"
+	t.Cleanup(func() { _ = a.b.Remove(context.Background(), vol) })
+	if _, err := a.b.Create(ctx, backends.CreateRequest{Name: vol, SizeBytes: 64 * mib}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.b.CreateSnapshot(ctx, vol, snap); err != nil {
+		t.Fatal(err)
+	}
+	sdir := filepath.Join(r.pool, snapSubdir)
+	if err := os.WriteFile(filepath.Join(sdir, snap+".json"), []byte("{garbled"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for i, b := range []*Backend{a.b, r.agent(nil, "bvsnap-node", initA, true, nil).b} {
+		list, err := b.ListSnapshots(ctx, "")
+		if err != nil || len(list) != 1 || list[0].Name != snap || !strings.Contains(fmt.Sprint(list[0].Status["damage"]), "set aside as "+sdir+"/"+snap+".json.damaged-") {
+			t.Fatalf("listing %d: ListSnapshots = %+v, %v", i, list, err)
+		}
+	}
+	aside, _ := filepath.Glob(filepath.Join(sdir, snap+".json.damaged-*"))
+	if _, err := os.Lstat(filepath.Join(sdir, snap+".json")); !errors.Is(err, os.ErrNotExist) || len(aside) != 1 {
+		t.Fatalf("record not set aside: %v, %v", err, aside)
+	}
+	if fi, err := os.Stat(filepath.Join(sdir, snap+".img")); err != nil || fi.Size() != 64*mib {
+		t.Fatalf("the damaged snapshot's image: %v, %v", fi, err)
+	}
+	if _, err := a.b.CreateSnapshot(ctx, vol, snap); !errors.Is(err, sentinel.ErrExists) {
+		t.Fatalf("a snapshot over the damaged one = %v", err)
+	}
+	if err := a.b.RemoveSnapshot(ctx, snap); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.b.GetSnapshot(ctx, snap); !errors.Is(err, sentinel.ErrNotFound) {
+		t.Fatalf("Get of a removed snapshot = %v", err)
+	}
+	if _, err := os.Stat(aside[0]); err != nil {
+		t.Fatalf("the set-aside record: %v", err)
+	}
 }

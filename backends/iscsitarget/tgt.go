@@ -3,6 +3,8 @@ package iscsitarget
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -112,84 +114,105 @@ func (t *tgt) list(ctx context.Context) (map[string]*export, error) {
 //	        iqn.1993-08.org.debian:01:abc
 func parseTgtShow(out string) (map[string]*export, error) {
 	exports := map[string]*export{}
-	var cur *export
-	var sess *session
-	section, curLUN := "", -1
+	p := tgtShowParser{lun: -1}
 	sc := bufio.NewScanner(strings.NewReader(out))
 	sc.Buffer(make([]byte, 64*1024), 16<<20)
 	for sc.Scan() {
-		raw := sc.Text()
-		line := strings.TrimSpace(raw)
-		if line == "" {
-			continue
-		}
-		if rest, ok := strings.CutPrefix(raw, "Target "); ok {
-			id, iqn, ok := strings.Cut(rest, ": ")
-			tid, err := strconv.Atoi(id)
-			if !ok || err != nil || iqn == "" {
-				return nil, fmt.Errorf("unexpected tgtadm output line %q", raw)
-			}
-			cur = &export{iqn: iqn, tid: tid}
-			exports[iqn] = cur
-			section, sess, curLUN = "", nil, -1
-			continue
-		}
-		if cur == nil {
+		if raw := sc.Text(); !p.line(raw, exports) {
 			return nil, fmt.Errorf("unexpected tgtadm output line %q", raw)
-		}
-		switch line {
-		case "System information:", "I_T nexus information:", "LUN information:", "Account information:", "ACL information:":
-			section = line
-			continue
-		}
-		key, value, _ := strings.Cut(line, ": ")
-		switch section {
-		case "I_T nexus information:":
-			switch key {
-			case "I_T nexus":
-				id, err := strconv.Atoi(value)
-				if err != nil {
-					return nil, fmt.Errorf("unexpected tgtadm output line %q", raw)
-				}
-				cur.sessions = append(cur.sessions, session{id: id})
-				sess = &cur.sessions[len(cur.sessions)-1]
-			case "Initiator":
-				if sess != nil {
-					// "iqn... alias: node1", or the name alone.
-					sess.initiator, _, _ = strings.Cut(value, " ")
-				}
-			case "Connection":
-				cid, err := strconv.Atoi(value)
-				if err != nil || sess == nil {
-					return nil, fmt.Errorf("unexpected tgtadm output line %q", raw)
-				}
-				sess.conns = append(sess.conns, cid)
-			}
-		case "LUN information:":
-			switch key {
-			case "LUN":
-				n, err := strconv.Atoi(value)
-				if err != nil {
-					return nil, fmt.Errorf("unexpected tgtadm output line %q", raw)
-				}
-				curLUN = n
-			case "Backing store path":
-				if curLUN == lun && value != "None" {
-					cur.file = value
-				}
-			}
-		case "Account information:":
-			if !strings.HasSuffix(line, " (outgoing)") {
-				cur.accounts = append(cur.accounts, line)
-			}
-		case "ACL information:":
-			cur.acl = append(cur.acl, line)
 		}
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("read tgtadm output: %w", err)
 	}
 	return exports, nil
+}
+
+// tgtShowParser is where parseTgtShow is in the output: the target (cur),
+// its section, and the session and LUN the section's lines are about.
+type tgtShowParser struct {
+	cur     *export
+	sess    *session
+	section string
+	lun     int
+}
+
+// line reads one line of the output, raw, into exports and the target it
+// belongs to; false when it is not a line parseTgtShow understands.
+func (p *tgtShowParser) line(raw string, exports map[string]*export) bool {
+	line := strings.TrimSpace(raw)
+	if line == "" {
+		return true
+	}
+	if rest, ok := strings.CutPrefix(raw, "Target "); ok {
+		id, iqn, ok := strings.Cut(rest, ": ")
+		tid, err := strconv.Atoi(id)
+		if !ok || err != nil || iqn == "" {
+			return false
+		}
+		*p = tgtShowParser{cur: &export{iqn: iqn, tid: tid}, lun: -1}
+		exports[iqn] = p.cur
+		return true
+	}
+	if p.cur == nil {
+		return false
+	}
+	switch line {
+	case "System information:", "I_T nexus information:", "LUN information:", "Account information:", "ACL information:":
+		p.section = line
+		return true
+	}
+	key, value, _ := strings.Cut(line, ": ")
+	switch p.section {
+	case "I_T nexus information:":
+		return p.nexus(key, value)
+	case "LUN information:":
+		switch key {
+		case "LUN":
+			n, err := strconv.Atoi(value)
+			if err != nil {
+				return false
+			}
+			p.lun = n
+		case "Backing store path":
+			if p.lun == lun && value != "None" {
+				p.cur.file = value
+			}
+		}
+	case "Account information:":
+		if !strings.HasSuffix(line, " (outgoing)") {
+			p.cur.accounts = append(p.cur.accounts, line)
+		}
+	case "ACL information:":
+		p.cur.acl = append(p.cur.acl, line)
+	}
+	return true
+}
+
+// nexus reads one key: value line of the current target's I_T nexus
+// section; false when it is not one parseTgtShow understands.
+func (p *tgtShowParser) nexus(key, value string) bool {
+	switch key {
+	case "I_T nexus":
+		id, err := strconv.Atoi(value)
+		if err != nil {
+			return false
+		}
+		p.cur.sessions = append(p.cur.sessions, session{id: id})
+		p.sess = &p.cur.sessions[len(p.cur.sessions)-1]
+	case "Initiator":
+		if p.sess != nil {
+			// "iqn... alias: node1", or the name alone.
+			p.sess.initiator, _, _ = strings.Cut(value, " ")
+		}
+	case "Connection":
+		cid, err := strconv.Atoi(value)
+		if err != nil || p.sess == nil {
+			return false
+		}
+		p.sess.conns = append(p.sess.conns, cid)
+	}
+	return true
 }
 
 // export creates target iqn with LUN 1 backed by file, allowing no
@@ -222,8 +245,7 @@ func (t *tgt) export(ctx context.Context, current map[string]*export, iqn, file 
 			return nil, fmt.Errorf("create iSCSI target %s (tid %d): %w", iqn, tid, err)
 		}
 		e := &export{iqn: iqn, tid: tid}
-		if _, err := t.run(ctx, "--mode", "logicalunit", "--op", "new", "--tid", strconv.Itoa(tid), "--lun", strconv.Itoa(lun), "--backing-store", file); err != nil {
-			err = fmt.Errorf("add LUN %d backed by %s to iSCSI target %s: %w", lun, file, iqn, err)
+		if err := t.addLUN(ctx, e, file); err != nil {
 			if uerr := t.unexport(context.WithoutCancel(ctx), e); uerr != nil {
 				err = errors.Join(err, fmt.Errorf("undo: %w", uerr))
 			}
@@ -233,6 +255,40 @@ func (t *tgt) export(ctx context.Context, current map[string]*export, iqn, file 
 		current[iqn] = e
 		return e, nil
 	}
+}
+
+// addLUN adds LUN 1 backed by file to e's target and gives it the
+// volume's own identity (lunParams).
+func (t *tgt) addLUN(ctx context.Context, e *export, file string) error {
+	tid, l := strconv.Itoa(e.tid), strconv.Itoa(lun)
+	if _, err := t.run(ctx, "--mode", "logicalunit", "--op", "new", "--tid", tid, "--lun", l, "--backing-store", file); err != nil {
+		return fmt.Errorf("add LUN %d backed by %s to iSCSI target %s: %w", lun, file, e.iqn, err)
+	}
+	if _, err := t.run(ctx, "--mode", "logicalunit", "--op", "update", "--tid", tid, "--lun", l, "--params", lunParams(e.iqn)); err != nil {
+		return fmt.Errorf("set the identity of LUN %d of iSCSI target %s: %w", lun, e.iqn, err)
+	}
+	return nil
+}
+
+// lunParams sets the identity LUN 1 of target iqn shows an initiator:
+// tgt's scsi_id (the T10 vendor ID of VPD page 0x83, and, read as hex
+// digits, its NAA IEEE Registered Extended designator, the one Linux and
+// multipath prefer) and scsi_sn (page 0x80), both lunIdentity(iqn). It is
+// the same at every export of the volume and differs between volumes.
+// tgt's default encodes only the target id and LUN: volumes of two target
+// hosts, or of two tgtd on one (Cinder's own), or one exported again
+// under another tid after a tgtd restart, would share an identity, and
+// dm-multipath, which groups paths by it, would take one volume's disk
+// for a path of another's map.
+func lunParams(iqn string) string {
+	id := lunIdentity(iqn)
+	return "scsi_id=" + id + ",scsi_sn=" + id
+}
+
+// lunIdentity is 24 hex digits (tgt's SCSI_ID_LEN) of the IQN's SHA-256.
+func lunIdentity(iqn string) string {
+	sum := sha256.Sum256([]byte(iqn))
+	return hex.EncodeToString(sum[:12])
 }
 
 // unexport deletes the target. It fails while sessions exist.

@@ -1,7 +1,7 @@
 // Package loop is blockvol's embedded default backend: each volume is a
 // sparse image file in a data directory, attached to this host with a loop
-// device. It needs no external service, only the kernel's loop driver and
-// losetup(8).
+// device. It needs no external service, only the kernel's loop driver (and
+// losetup(8) where its ioctls cannot be used: see device.go).
 //
 // # Layout
 //
@@ -121,6 +121,9 @@ type Config struct {
 	// SysRoot is where sysfs is mounted; "" means "/sys".
 	SysRoot string
 	// DevRoot is where device nodes live; "" means "/dev".
+	// With both at their defaults loop devices are bound and unbound with
+	// the kernel's ioctls; with either elsewhere (a test's fake tree) with
+	// losetup(8) through the Runner.
 	DevRoot string
 }
 
@@ -131,6 +134,8 @@ type Backend struct {
 	dev string
 	run hostexec.Runner
 	log *slog.Logger
+	// loops binds images to loop devices: see newLoopDevices.
+	loops loopDevices
 
 	// removeGrace bounds how long Remove waits for loop devices that are
 	// already being torn down (autoclear set by an earlier Detach) to go.
@@ -199,6 +204,7 @@ func New(cfg Config, run hostexec.Runner, log *slog.Logger) (*Backend, error) {
 		sys:         cfg.SysRoot,
 		dev:         cfg.DevRoot,
 		run:         run,
+		loops:       newLoopDevices(cfg.SysRoot, cfg.DevRoot, run),
 		log:         log.With(slog.String("backend", BackendName)),
 		removeGrace: 2 * time.Second,
 		pollEvery:   20 * time.Millisecond,
@@ -216,28 +222,50 @@ func (b *Backend) Scope() string { return backends.ScopeLocal }
 
 // Create implements backends.Backend.
 func (b *Backend) Create(ctx context.Context, req backends.CreateRequest) (backends.Volume, error) {
+	r, log, err := b.create(ctx, req, func(log *slog.Logger, img string) (func(), error) {
+		if err := b.makeImage(img, req.SizeBytes); err != nil {
+			if !errors.Is(err, sentinel.ErrExists) { // not ours to remove then
+				if rerr := state.RemoveFile(img); rerr != nil {
+					log.Error("cannot remove image of failed create", slog.String("image", img), slog.Any("error", rerr))
+				}
+			}
+			return nil, err
+		}
+		return nil, nil
+	})
+	if err != nil {
+		return backends.Volume{}, err
+	}
+	log.Info("volume created", slog.Int64("size_bytes", r.SizeBytes), slog.String("image", b.imgPath(req.Name)))
+	return b.volume(req.Name, r, nil), nil
+}
+
+// create is the frame of Create and CreateFrom: it checks req, holds its
+// name's lock and clears the name's debris (beginCreate), has fill write
+// the new image at img, and commits the volume's record. A release that
+// fill returns (nil is none) runs once the record is committed or the
+// commit failed; fill releases what it holds itself when it fails.
+// Errors are wrapped by opErr; the logger names the volume.
+func (b *Backend) create(ctx context.Context, req backends.CreateRequest, fill func(log *slog.Logger, img string) (release func(), err error)) (record, *slog.Logger, error) {
 	const op = "create"
 	name := req.Name
 	log, unlock, err := b.beginCreate(ctx, req)
 	if err != nil {
-		return backends.Volume{}, opErr(op, name, err)
+		return record{}, nil, opErr(op, name, err)
 	}
 	defer unlock()
-	img := b.imgPath(name)
-	if err := b.makeImage(img, req.SizeBytes); err != nil {
-		if !errors.Is(err, sentinel.ErrExists) { // not ours to remove then
-			if rerr := state.RemoveFile(img); rerr != nil {
-				log.Error("cannot remove image of failed create", slog.String("image", img), slog.Any("error", rerr))
-			}
-		}
-		return backends.Volume{}, opErr(op, name, err)
+	release, err := fill(log, b.imgPath(name))
+	if err != nil {
+		return record{}, nil, opErr(op, name, err)
+	}
+	if release != nil {
+		defer release()
 	}
 	r := record{SizeBytes: req.SizeBytes, CreatedAt: time.Now().UTC(), Meta: maps.Clone(req.Meta)}
 	if err := b.commit(log, name, r); err != nil {
-		return backends.Volume{}, opErr(op, name, err)
+		return record{}, nil, opErr(op, name, err)
 	}
-	log.Info("volume created", slog.Int64("size_bytes", r.SizeBytes), slog.String("image", img))
-	return b.volume(name, r, nil), nil
+	return r, log, nil
 }
 
 // beginCreate checks req, takes its name's lock (the caller releases it)
@@ -542,15 +570,14 @@ func (b *Backend) Remove(ctx context.Context, name string) error {
 }
 
 // Attach implements backends.Backend. A live loop device already backed
-// by the image is returned as is; otherwise `losetup --find --show
-// --nooverlap` makes one (and itself reuses a device another process set up
-// meanwhile).
+// by the image is returned as is; otherwise a free one is bound to it
+// (loopDevices.attach: what `losetup --find --show` does).
 //
 // A device whose detach is still pending (autoclear set, kept alive by a
 // process that has it open, such as udev's probe) is never returned: it
 // vanishes under its user when that process closes it. Attach waits for
 // such devices to go, briefly, and then attaches a fresh device beside
-// them, without --nooverlap (which would hand back the dying one).
+// them (losetup's --nooverlap would hand back the dying one).
 func (b *Backend) Attach(ctx context.Context, name string, _ backends.AttachOptions) (string, error) {
 	const op = "attach"
 	unlock, log, err := b.lock(ctx, op, name)
@@ -580,26 +607,20 @@ func (b *Backend) Attach(ctx context.Context, name string, _ backends.AttachOpti
 		log.Debug("already attached", slog.String("device", dev))
 		return dev, nil
 	}
-	args := []string{"--find", "--show", "--nooverlap", img}
 	if len(dying) > 0 {
 		log.Warn("a loop device of this image is still being detached; attaching a fresh one", slog.Any("detaching", dying))
-		args = []string{"--find", "--show", img}
 	}
-	out, err := b.run.Run(ctx, "losetup", args...)
+	dev, err := b.loops.attach(ctx, img, len(dying) > 0)
 	if err != nil {
-		return "", opErrf(op, name, "losetup: %w", err)
-	}
-	dev := strings.TrimSpace(string(out))
-	if !strings.HasPrefix(dev, "/") || strings.ContainsAny(dev, " \t\r\n") {
-		return "", opErrf(op, name, "losetup printed %q, not a device path", out)
+		return "", opErr(op, name, err)
 	}
 	log.Info("volume attached", slog.String("device", dev), slog.String("image", img))
 	return dev, nil
 }
 
 // Detach implements backends.Backend: every loop device backed by the
-// image, or by a deleted image of that path, is detached with `losetup --detach`. None is success. The kernel
-// may finish the detach later, once the device's last user closes it.
+// image, or by a deleted image of that path, is detached (loopDevices.detach:
+// what `losetup --detach` does). None is success. The kernel may finish the detach later, once the device's last user closes it.
 func (b *Backend) Detach(ctx context.Context, name string) error {
 	const op = "detach"
 	unlock, log, err := b.lock(ctx, op, name)
@@ -616,13 +637,13 @@ func (b *Backend) Detach(ctx context.Context, name string) error {
 	}
 	var errs []error
 	for _, dev := range devs {
-		if _, err := b.run.Run(ctx, "losetup", "--detach", dev); err != nil {
+		if err := b.loops.detach(ctx, dev); err != nil {
 			// Gone (or reused) meanwhile? Then it is not ours to detach.
 			if still, serr := b.backedBy(dev, img, true); serr == nil && !still {
 				log.Debug("device went away during detach", slog.String("device", dev))
 				continue
 			}
-			errs = append(errs, fmt.Errorf("losetup --detach %s: %w", dev, err))
+			errs = append(errs, err)
 			continue
 		}
 		log.Info("volume detached", slog.String("device", dev))
@@ -765,9 +786,13 @@ func (b *Backend) allAutoclear(devs []string) bool {
 }
 
 // autoclear reports whether dev is marked to be freed by the kernel once
-// its last user closes it: a detach that is still pending.
+// its last user closes it: a detach that is still pending, or one that
+// finished since dev was listed (no longer bound: no loop directory).
 func (b *Backend) autoclear(dev string) bool {
 	data, err := os.ReadFile(filepath.Join(b.sys, "block", filepath.Base(dev), "loop", "autoclear"))
+	if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENXIO) || errors.Is(err, unix.ENODEV) {
+		return true
+	}
 	return err == nil && strings.TrimSpace(string(data)) == "1"
 }
 
@@ -837,7 +862,7 @@ func (b *Backend) detachDebris(log *slog.Logger, name, img string, devs []string
 	defer cancel()
 	for _, dev := range devs {
 		log.Warn("detaching a loop device of a leftover image without record", slog.String("volume", name), slog.String("device", dev))
-		if _, err := b.run.Run(ctx, "losetup", "--detach", dev); err != nil {
+		if err := b.loops.detach(ctx, dev); err != nil {
 			log.Warn("cannot detach loop device", slog.String("device", dev), slog.Any("error", err))
 		}
 	}

@@ -183,3 +183,42 @@ func TestRealLoopDetachWhileOpen(t *testing.T) {
 		t.Fatalf("Remove once the holder closes: %v", err)
 	}
 }
+
+// A device bound through a bind mount of the data directory that no longer
+// exists (a managed plugin's previous container; the kernel then names the
+// file relative to that mount, "/<volume>.img") is still recognised as the
+// volume's by its device and inode: reported attached, handed out again by
+// Attach rather than a second device on the same image, and detached.
+func TestRealLoopBoundThroughAGoneMount(t *testing.T) {
+	b := newRealBackend(t)
+	if _, err := exec.LookPath("unshare"); err != nil {
+		testenv.Skip(t, "unshare not installed")
+	}
+	ctx := context.Background()
+	if _, err := b.Create(ctx, backends.CreateRequest{Name: "moved", SizeBytes: 4 * mib}); err != nil {
+		t.Fatal(err)
+	}
+	other := t.TempDir()
+	script := `mount --bind "$1" "$2" && losetup --find --show "$2/moved.img"`
+	out, err := exec.Command("unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", b.dir, other).CombinedOutput()
+	if err != nil {
+		t.Fatalf("attach through a bind mount in a namespace of its own: %v %s", err, out)
+	}
+	dev := strings.TrimSpace(string(out))
+	if file, _, _ := readBackingFile(filepath.Join("/sys/block", filepath.Base(dev))); file != "/moved.img" {
+		t.Fatalf("the kernel names the file of %s %q; the test expects the path relative to the gone mount", dev, file)
+	}
+	if names, err := b.AttachedHere(ctx); err != nil || len(names) != 1 || names[0] != "moved" {
+		t.Fatalf("AttachedHere = %v, %v; want [moved]", names, err)
+	}
+	if got, err := b.Attach(ctx, "moved", backends.AttachOptions{}); err != nil || got != dev {
+		t.Fatalf("Attach = %q, %v; want the device already bound, %s", got, err, dev)
+	}
+	if err := b.Detach(ctx, "moved"); err != nil {
+		t.Fatal(err)
+	}
+	waitDetachedFromSysfs(t, b, b.imgPath("moved"))
+	if _, ok, _ := readBackingFile(filepath.Join("/sys/block", filepath.Base(dev))); ok {
+		t.Fatalf("%s still bound after Detach", dev)
+	}
+}

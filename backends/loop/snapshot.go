@@ -7,10 +7,8 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"maps"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"time"
 
@@ -26,8 +24,12 @@ import (
 // can), and S.json, the record that commits it. The image is complete
 // and durable before the record is written atomically; an image without
 // a record is debris, removed by New and by a CreateSnapshot of its name.
-// A record that cannot be read does not hide its snapshot: it is listed
-// with the image's size and the damage in Status, and can be removed.
+// A record that cannot be read is set aside (state.Quarantine: renamed
+// S.json.damaged-<time>, kept for inspection, listed by `blockvol
+// doctor`) with one ERROR line; it does not hide its snapshot, and its
+// image is never debris: the snapshot is listed with the image's size and
+// the damage in Status, cannot be taken again under its name, and can be
+// removed.
 const snapDirName = "snapshots"
 
 var (
@@ -46,7 +48,11 @@ type snapRecord struct {
 	damage string
 }
 
-func (b *Backend) snapDir() string { return filepath.Join(b.dir, snapDirName) }
+func (b *Backend) snapDir() string { return SnapshotDir(b.dir) }
+
+// SnapshotDir is where a loop backend with data directory dataDir keeps
+// its snapshots (and the snapshot records it set aside as damaged).
+func SnapshotDir(dataDir string) string { return filepath.Join(dataDir, snapDirName) }
 func (b *Backend) snapImg(name string) string {
 	return filepath.Join(b.snapDir(), name+imgSuffix)
 }
@@ -116,6 +122,11 @@ func (b *Backend) clearSnapDebris(name string) error {
 	if recOK {
 		return fmt.Errorf("snapshot %q exists already: %w", name, sentinel.ErrExists)
 	}
+	if _, err := b.loadSnap(name); err == nil {
+		return fmt.Errorf("snapshot %q exists already (its record is damaged and set aside: remove the snapshot first): %w", name, sentinel.ErrExists)
+	} else if !errors.Is(err, sentinel.ErrNotFound) {
+		return err
+	}
 	return state.RemoveFile(b.snapImg(name))
 }
 
@@ -176,26 +187,38 @@ func (b *Backend) ListSnapshots(ctx context.Context, volume string) ([]backends.
 	if err != nil {
 		return nil, fmt.Errorf("loop: list snapshots: %w", err)
 	}
+	have := make(map[string]bool, len(entries))
+	for _, e := range entries {
+		have[e.Name()] = true
+	}
+	listed := map[string]bool{}
 	var out []backends.Snapshot
 	for _, e := range entries {
 		name, ok := strings.CutSuffix(e.Name(), jsonSuffix)
+		if !ok {
+			// A snapshot whose record was set aside, unless it has a record
+			// again (listed under that) or is listed already.
+			name = asideOf(e.Name())
+			ok = name != "" && !have[name+jsonSuffix] && !listed[name]
+		}
 		if !ok || checkName(name) != nil || strings.HasPrefix(name, ".") {
 			continue
 		}
+		listed[name] = true
 		if err := ctx.Err(); err != nil {
 			return nil, fmt.Errorf("loop: list snapshots: %w", err)
 		}
 		r, err := b.loadSnap(name)
+		if errors.Is(err, sentinel.ErrNotFound) {
+			continue // a record set aside of a snapshot since removed
+		}
 		if err != nil {
 			b.log.Warn("skipping snapshot whose files cannot be read", slog.String("snapshot", name), slog.Any("error", err))
 			continue
 		}
-		if volume == "" || r.Volume == volume {
-			out = append(out, b.snapshot(name, r))
-		}
+		out = append(out, b.snapshot(name, r))
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
-	return out, nil
+	return backends.SnapshotsOf(out, volume), nil
 }
 
 // RemoveSnapshot implements backends.Snapshotter: the record goes first
@@ -223,16 +246,23 @@ func (b *Backend) RemoveSnapshot(ctx context.Context, name string) error {
 	return nil
 }
 
-// loadSnap reads the record of an existing snapshot (record and image);
-// otherwise ErrNotFound. A damaged record yields the image's size and the
+// loadSnap reads the record of an existing snapshot (record, or a record
+// set aside, and image); otherwise ErrNotFound. A damaged record is set
+// aside, and it or one set aside earlier yields the image's size and the
 // damage.
 func (b *Backend) loadSnap(name string) (snapRecord, error) {
 	present, err := recordPresent(b.snapJSON(name))
 	if err != nil {
 		return snapRecord{}, err
 	}
+	var aside []string
+	if !present {
+		if aside, err = b.snapAside(name); err != nil {
+			return snapRecord{}, err
+		}
+	}
 	fi, ierr := os.Lstat(b.snapImg(name))
-	if !present || errors.Is(ierr, fs.ErrNotExist) {
+	if (!present && len(aside) == 0) || errors.Is(ierr, fs.ErrNotExist) {
 		return snapRecord{}, sentinel.ErrNotFound
 	}
 	if ierr != nil {
@@ -240,6 +270,16 @@ func (b *Backend) loadSnap(name string) (snapRecord, error) {
 	}
 	if !fi.Mode().IsRegular() {
 		return snapRecord{}, fmt.Errorf("%s is not a regular file", b.snapImg(name))
+	}
+	damaged := func(why string) snapRecord {
+		return snapRecord{
+			SizeBytes: fi.Size(),
+			CreatedAt: fi.ModTime().UTC(),
+			damage:    why + ": the size and creation time are the image's, the volume is unknown",
+		}
+	}
+	if !present {
+		return damaged(fmt.Sprintf("record set aside as %s (damaged)", aside[len(aside)-1])), nil
 	}
 	data, err := readSmallFile(atFDCWD, b.snapJSON(name))
 	var r snapRecord
@@ -249,15 +289,45 @@ func (b *Backend) loadSnap(name string) (snapRecord, error) {
 	if err == nil && (r.SizeBytes <= 0 || checkName(r.Volume) != nil) {
 		err = fmt.Errorf("bad size_bytes %d or volume %q", r.SizeBytes, r.Volume)
 	}
-	if err != nil {
-		b.log.Warn("snapshot record is damaged; using the image's size", slog.String("snapshot", name), slog.Any("error", err))
-		return snapRecord{
-			SizeBytes: fi.Size(),
-			CreatedAt: fi.ModTime().UTC(),
-			damage:    fmt.Sprintf("record %s is damaged (%v): the size and creation time are the image's, the volume is unknown", b.snapJSON(name), err),
-		}, nil
+	if err == nil {
+		return r, nil
 	}
-	return r, nil
+	to, qerr := state.Quarantine(b.snapJSON(name))
+	if qerr != nil {
+		b.log.Error("snapshot record is damaged and cannot be set aside; the snapshot is kept and listed with the damage", slog.String("snapshot", name), slog.Any("error", err), slog.Any("set_aside_error", qerr))
+		return damaged(fmt.Sprintf("record %s is damaged (%v)", b.snapJSON(name), err)), nil
+	}
+	b.log.Error("snapshot record is damaged; set it aside, the snapshot is kept and listed with the damage", slog.String("snapshot", name), slog.String("set_aside_as", to), slog.Any("error", err))
+	return damaged(fmt.Sprintf("record %s was damaged (%v) and is set aside as %s", b.snapJSON(name), err, to)), nil
+}
+
+// snapAside lists the records of snapshot name set aside as damaged, oldest
+// first.
+func (b *Backend) snapAside(name string) ([]string, error) {
+	entries, err := os.ReadDir(b.snapDir())
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	var out []string
+	for _, e := range entries {
+		if asideOf(e.Name()) == name {
+			out = append(out, filepath.Join(b.snapDir(), e.Name()))
+		}
+	}
+	return out, nil
+}
+
+// asideOf returns the snapshot whose record file n is, once set aside as
+// damaged; "" when n is not one.
+func asideOf(n string) string {
+	if !state.IsQuarantined(n) {
+		return ""
+	}
+	name, _, ok := strings.Cut(n, jsonSuffix+".")
+	if !ok || checkName(name) != nil {
+		return ""
+	}
+	return name
 }
 
 func (b *Backend) writeSnapRecord(name string, r snapRecord) error {
@@ -276,31 +346,28 @@ func (b *Backend) snapshot(name string, r snapRecord) backends.Snapshot {
 // (a reflink where the filesystem can) of the snapshot's or the volume's
 // image, sized req.SizeBytes, committed by its record as Create does.
 func (b *Backend) CreateFrom(ctx context.Context, req backends.CreateRequest, src backends.Source) (backends.Volume, error) {
-	const op = "create"
-	name := req.Name
-	log, unlock, err := b.beginCreate(ctx, req)
+	var how, from string
+	r, log, err := b.create(ctx, req, func(_ *slog.Logger, img string) (func(), error) {
+		srcImg, srcSize, f, unlockSrc, err := b.source(ctx, src)
+		if err != nil {
+			return nil, err
+		}
+		if req.SizeBytes < srcSize {
+			unlockSrc()
+			return nil, fmt.Errorf("size %d is smaller than its source's (%d): %w", req.SizeBytes, srcSize, sentinel.ErrInvalid)
+		}
+		if how, err = b.copyInto(img, srcImg, req.SizeBytes); err != nil {
+			unlockSrc()
+			return nil, err
+		}
+		from = f
+		return unlockSrc, nil
+	})
 	if err != nil {
-		return backends.Volume{}, opErr(op, name, err)
-	}
-	defer unlock()
-	srcImg, srcSize, from, unlockSrc, err := b.source(ctx, src)
-	if err != nil {
-		return backends.Volume{}, opErr(op, name, err)
-	}
-	defer unlockSrc()
-	if req.SizeBytes < srcSize {
-		return backends.Volume{}, opErrf(op, name, "size %d is smaller than its source's (%d): %w", req.SizeBytes, srcSize, sentinel.ErrInvalid)
-	}
-	how, err := b.copyInto(b.imgPath(name), srcImg, req.SizeBytes)
-	if err != nil {
-		return backends.Volume{}, opErr(op, name, err)
-	}
-	r := record{SizeBytes: req.SizeBytes, CreatedAt: time.Now().UTC(), Meta: maps.Clone(req.Meta)}
-	if err := b.commit(log, name, r); err != nil {
-		return backends.Volume{}, opErr(op, name, err)
+		return backends.Volume{}, err
 	}
 	log.Info("volume cloned", slog.String("from", from), slog.String("copy", how), slog.Int64("size_bytes", r.SizeBytes))
-	v := b.volume(name, r, nil)
+	v := b.volume(req.Name, r, nil)
 	v.Status["copy"] = how
 	return v, nil
 }
@@ -309,33 +376,42 @@ func (b *Backend) CreateFrom(ctx context.Context, req backends.CreateRequest, sr
 func (b *Backend) source(ctx context.Context, src backends.Source) (img string, size int64, from string, unlock func(), err error) {
 	switch {
 	case src.Snapshot != "" && src.Volume == "":
-		if err := checkName(src.Snapshot); err != nil {
-			return "", 0, "", nil, err
-		}
-		if unlock, err = b.snapLock(ctx, src.Snapshot); err != nil {
-			return "", 0, "", nil, err
-		}
-		r, err := b.loadSnap(src.Snapshot)
+		size, unlock, err = lockSize(ctx, "snapshot", src.Snapshot, b.snapLock, func(n string) (int64, error) {
+			r, err := b.loadSnap(n)
+			return r.SizeBytes, err
+		})
 		if err != nil {
-			unlock()
-			return "", 0, "", nil, fmt.Errorf("snapshot %q: %w", src.Snapshot, err)
+			return "", 0, "", nil, err
 		}
-		return b.snapImg(src.Snapshot), r.SizeBytes, "snapshot " + src.Snapshot, unlock, nil
+		return b.snapImg(src.Snapshot), size, "snapshot " + src.Snapshot, unlock, nil
 	case src.Volume != "" && src.Snapshot == "":
-		if err := checkName(src.Volume); err != nil {
-			return "", 0, "", nil, err
-		}
-		if unlock, err = b.locks.Lock(ctx, src.Volume); err != nil {
-			return "", 0, "", nil, err
-		}
-		r, err := b.load(src.Volume)
+		size, unlock, err = lockSize(ctx, "volume", src.Volume, b.locks.Lock, func(n string) (int64, error) {
+			r, err := b.load(n)
+			return r.SizeBytes, err
+		})
 		if err != nil {
-			unlock()
-			return "", 0, "", nil, fmt.Errorf("volume %q: %w", src.Volume, err)
+			return "", 0, "", nil, err
 		}
-		return b.imgPath(src.Volume), r.SizeBytes, "volume " + src.Volume, unlock, nil
+		return b.imgPath(src.Volume), size, "volume " + src.Volume, unlock, nil
 	}
 	return "", 0, "", nil, fmt.Errorf("a clone needs one source, a snapshot or a volume: %w", sentinel.ErrInvalid)
+}
+
+// lockSize checks name, takes its lock with lock and reads its size with
+// load (errors of load name the kind and name). On success the caller
+// holds the lock and releases it with unlock; on failure nothing is held.
+func lockSize(ctx context.Context, kind, name string, lock func(context.Context, string) (func(), error), load func(string) (int64, error)) (size int64, unlock func(), err error) {
+	if err := checkName(name); err != nil {
+		return 0, nil, err
+	}
+	if unlock, err = lock(ctx, name); err != nil {
+		return 0, nil, err
+	}
+	if size, err = load(name); err != nil {
+		unlock()
+		return 0, nil, fmt.Errorf("%s %q: %w", kind, name, err)
+	}
+	return size, unlock, nil
 }
 
 // Expand implements backends.Expander: the image is lengthened first (an
@@ -347,9 +423,9 @@ func (b *Backend) Expand(ctx context.Context, name string, sizeBytes int64) (bac
 	if err := backends.CheckExpand(name, maxNameLen, sizeBytes); err != nil {
 		return backends.Volume{}, opErr(op, name, err)
 	}
-	unlock, err := b.locks.Lock(ctx, name)
+	unlock, log, err := b.lock(ctx, op, name)
 	if err != nil {
-		return backends.Volume{}, opErr(op, name, err)
+		return backends.Volume{}, err
 	}
 	defer unlock()
 	r, err := b.load(name)
@@ -379,7 +455,7 @@ func (b *Backend) Expand(ctx context.Context, name string, sizeBytes int64) (bac
 			return backends.Volume{}, opErrf(op, name, "losetup --set-capacity %s: %w", dev, err)
 		}
 	}
-	b.log.Info("volume expanded", slog.String("volume", name), slog.Int64("size_bytes", sizeBytes), slog.Any("devices", devs))
+	log.Info("volume expanded", slog.Int64("size_bytes", sizeBytes), slog.Any("devices", devs))
 	return b.volume(name, r, devs), nil
 }
 
@@ -407,7 +483,8 @@ func lengthen(img string, size int64) error {
 }
 
 // sweepSnapshots removes, at start-up, snapshot images without a record
-// (interrupted CreateSnapshot) and temporary files of interrupted record
+// (interrupted CreateSnapshot; an image whose record is set aside as
+// damaged is kept) and temporary files of interrupted record
 // writes. Failures are logged, never fatal.
 func (b *Backend) sweepSnapshots(log *slog.Logger) {
 	entries, err := os.ReadDir(b.snapDir())
@@ -421,6 +498,9 @@ func (b *Backend) sweepSnapshots(log *slog.Logger) {
 	have := make(map[string]bool, len(entries))
 	for _, e := range entries {
 		have[e.Name()] = true
+		if name := asideOf(e.Name()); name != "" {
+			have[name+jsonSuffix] = true // set aside, its image is no debris
+		}
 	}
 	for _, e := range entries {
 		n := e.Name()

@@ -3,6 +3,7 @@ package loop
 import (
 	"bytes"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -64,7 +65,11 @@ func TestSnapshotAndCloneCopyTheData(t *testing.T) {
 
 // An image without a record (a snapshot interrupted by a crash) is swept
 // at start; a damaged record neither hides its snapshot nor stops the
-// others: it is listed with the image's size and the damage, and removable.
+// others: the first read sets it aside (renamed S.json.damaged-<time>, one
+// ERROR line), the snapshot is listed with the image's size and the
+// damage, its image survives the next start's sweep, its name cannot be
+// taken again until it is removed, and it is removable (the set-aside
+// record stays for inspection).
 func TestSnapshotDebrisAndDamage(t *testing.T) {
 	e := newEnv(t)
 	ctx := t.Context()
@@ -83,23 +88,65 @@ func TestSnapshotDebrisAndDamage(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(snaps, "bad.json"), []byte("{garbled"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	var logs bytes.Buffer
 	e.b = e.open()
+	e.b.log = slog.New(slog.NewTextHandler(&logs, nil))
 	if _, err := os.Stat(filepath.Join(snaps, "torn.img")); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("debris image still there: %v", err)
 	}
-	list, err := e.b.ListSnapshots(ctx, "")
-	if err != nil || len(list) != 2 {
-		t.Fatalf("ListSnapshots = %+v, %v", list, err)
+	listed := func() []backends.Snapshot {
+		t.Helper()
+		list, err := e.b.ListSnapshots(ctx, "")
+		if err != nil || len(list) != 2 {
+			t.Fatalf("ListSnapshots = %+v, %v", list, err)
+		}
+		bad := list[0]
+		if bad.Name != "bad" || bad.SizeBytes != 64*mib || !strings.Contains(bad.Status["damage"].(string), "damaged") {
+			t.Fatalf("damaged snapshot listed as %+v", bad)
+		}
+		if list[1].Name != "good" || list[1].Volume != "v" {
+			t.Fatalf("good snapshot listed as %+v", list[1])
+		}
+		return list
 	}
-	bad := list[0]
-	if bad.Name != "bad" || bad.SizeBytes != 64*mib || !strings.Contains(bad.Status["damage"].(string), "damaged") {
-		t.Fatalf("damaged snapshot listed as %+v", bad)
+	list := listed()
+	aside, _ := filepath.Glob(filepath.Join(snaps, "bad.json.damaged-*"))
+	if _, err := os.Lstat(filepath.Join(snaps, "bad.json")); !errors.Is(err, os.ErrNotExist) || len(aside) != 1 {
+		t.Fatalf("damaged record not set aside: %v, %v", err, aside)
 	}
-	if list[1].Name != "good" || list[1].Volume != "v" {
-		t.Fatalf("good snapshot listed as %+v", list[1])
+	if !strings.Contains(list[0].Status["damage"].(string), aside[0]) {
+		t.Fatalf("damage %q does not say where the record went", list[0].Status["damage"])
+	}
+	e.b = e.open() // the next start's sweep: the image is no debris
+	e.b.log = slog.New(slog.NewTextHandler(&logs, nil))
+	listed()
+	if got, err := e.b.GetSnapshot(ctx, "bad"); err != nil || got.SizeBytes != 64*mib {
+		t.Fatalf("GetSnapshot = %+v, %v", got, err)
+	}
+	if n := strings.Count(logs.String(), "level=ERROR"); n != 1 || !strings.Contains(logs.String(), "set_aside_as="+aside[0]) {
+		t.Fatalf("%d ERROR lines; want one naming %s:\n%s", n, aside[0], logs.String())
+	}
+	if _, err := e.b.CreateSnapshot(ctx, "v", "bad"); !errors.Is(err, sentinel.ErrExists) {
+		t.Fatalf("snapshot over a damaged one = %v", err)
+	}
+	if fi, err := os.Stat(filepath.Join(snaps, "bad.img")); err != nil || fi.Size() != 64*mib {
+		t.Fatalf("the damaged snapshot's image: %v, %v", fi, err)
 	}
 	if err := e.b.RemoveSnapshot(ctx, "bad"); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := e.b.GetSnapshot(ctx, "bad"); !errors.Is(err, sentinel.ErrNotFound) {
+		t.Fatalf("GetSnapshot after remove = %v", err)
+	}
+	if _, err := os.Stat(aside[0]); err != nil {
+		t.Fatalf("the set-aside record is gone: %v", err)
+	}
+	logs.Reset()
+	if list, err := e.b.ListSnapshots(ctx, ""); err != nil || len(list) != 1 {
+		t.Fatalf("ListSnapshots after remove = %+v, %v", list, err)
+	}
+	if logs.Len() != 0 {
+		t.Fatalf("listing beside a removed snapshot's set-aside record logged:\n%s", logs.String())
 	}
 }
 

@@ -40,7 +40,7 @@ func (b *Backend) scanLoops() (map[string][]string, error) {
 		if !ok {
 			continue
 		}
-		file, ok, err := readBackingFile(filepath.Join(blockDir, e.Name()))
+		file, ok, err := b.backingFile(e.Name())
 		if err != nil {
 			return nil, err
 		}
@@ -103,11 +103,47 @@ func (b *Backend) attachedNames() ([]string, error) {
 // backedBy reports whether loop device dev (<dev>/loopN) is currently
 // backed by img (deleted or not, when anyDeleted is true).
 func (b *Backend) backedBy(dev, img string, anyDeleted bool) (bool, error) {
-	file, ok, err := readBackingFile(filepath.Join(b.sys, "block", filepath.Base(dev)))
+	file, ok, err := b.backingFile(filepath.Base(dev))
 	if err != nil || !ok {
 		return false, err
 	}
 	return file == img || anyDeleted && file == img+deletedSuffix, nil
+}
+
+// backingFile is the backing file of loop device name (loopN) as
+// readBackingFile reads it, or, for a file the kernel names outside the
+// data directory, the data directory's image it is (see adopted).
+func (b *Backend) backingFile(name string) (string, bool, error) {
+	file, ok, err := readBackingFile(filepath.Join(b.sys, "block", name))
+	if err != nil || !ok || strings.HasPrefix(file, b.dir+string(filepath.Separator)) {
+		return file, ok, err
+	}
+	return b.adopted(name, file), true, nil
+}
+
+// adopted returns the image of the data directory that loop device name
+// is bound to although the kernel names its file otherwise, or file as it
+// is. A device bound through a mount that no longer exists — the bind
+// mount of the data directory in the container of a managed plugin that
+// Docker restarted, the old container's mount namespace gone — is named
+// relative to that mount ("/loop/<volume>.img"). It is this data
+// directory's image of that base name when it is that very file: the same
+// device and inode (LOOP_GET_STATUS64).
+func (b *Backend) adopted(name, file string) string {
+	if strings.HasSuffix(file, deletedSuffix) || !strings.HasSuffix(file, imgSuffix) {
+		return file
+	}
+	devNo, ino, ok := b.loops.inode(filepath.Join(b.dev, name))
+	if !ok {
+		return file
+	}
+	img := filepath.Join(b.dir, filepath.Base(file))
+	var st unix.Stat_t
+	if err := unix.Lstat(img, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG ||
+		uint64(st.Dev) != devNo || st.Ino != ino {
+		return file
+	}
+	return img
 }
 
 // readBackingFile reads <devDir>/loop/backing_file, with the kernel's

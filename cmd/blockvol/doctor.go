@@ -120,6 +120,9 @@ func (d *doctor) run(ctx context.Context) []checkResult {
 	out = append(out, d.checkSocket(ctx))
 	if d.Config != nil {
 		out = append(out, d.checkStateRecords())
+		if r, ok := d.checkSnapshotRecords(); ok {
+			out = append(out, r)
+		}
 	}
 	out = append(out, d.checkBackends(ctx)...)
 	return out

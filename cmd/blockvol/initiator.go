@@ -20,6 +20,9 @@ func newInitiator(cfg config.Config, run hostexec.Runner, log *slog.Logger) (*is
 		LoginTimeout:      cfg.ISCSI.LoginTimeout.Duration,
 		DeviceTimeout:     cfg.ISCSI.DeviceTimeout.Duration,
 		LogoutTimeout:     cfg.ISCSI.LogoutTimeout.Duration,
+
+		ReplacementTimeout: cfg.ISCSI.ReplacementTimeout.Duration,
+		PortalLoginTimeout: cfg.ISCSI.PortalLoginTimeout.Duration,
 	}, run, log.With("component", "iscsi"))
 	if err != nil {
 		return nil, fmt.Errorf("iSCSI initiator: %w", err)

@@ -36,6 +36,12 @@ const shutdownGrace = 150 * time.Second
 // recoverTimeout bounds the reconciliation of earlier state at start.
 const recoverTimeout = 2 * time.Minute
 
+// watchInterval is how often the core checks the shared side of the
+// volumes mounted here (volumes.Core.Watch): a target that tgtd forgot in
+// a restart is exported again within about this long plus one round trip,
+// well inside the initiator's replacement_timeout.
+const watchInterval = 2 * time.Second
+
 func serve(cfg config.Config, csiEndpoint string, stderr io.Writer) error {
 	if csiEndpoint != "" {
 		if _, err := config.CSISocketPath(csiEndpoint); err != nil {
@@ -85,6 +91,11 @@ func serve(cfg config.Config, csiEndpoint string, stderr io.Writer) error {
 		log.Error("recovery left work undone; it is retried at each volume's next operation", "err", err)
 	}
 	cancel()
+	// Re-exports what a restarted target forgot, and notices volumes
+	// taken over by another host, while volumes are mounted here.
+	watch, stopWatch := context.WithCancel(context.Background())
+	defer stopWatch()
+	go core.Watch(watch, watchInterval)
 	if door != nil {
 		stop, err := door.serve()
 		if err != nil {

@@ -46,6 +46,7 @@ func cinderSettings(k *config.CinderConfig) cinder.Config {
 		HostUUIDFile:                k.HostUUIDFile,
 		InitiatorIP:                 k.InitiatorIP,
 		Multipath:                   k.Multipath,
+		PortalMap:                   k.PortalMap,
 		StateDir:                    k.StateDir,
 		Zone:                        k.Zone,
 	}
@@ -66,6 +67,7 @@ func newISCSITarget(c *config.ISCSITargetConfig, ini backends.Initiator, run hos
 	}
 	cfg := iscsitarget.Config{
 		Portal:         c.Portal,
+		Portals:        c.Portals,
 		IQNPrefix:      c.IQNPrefix,
 		Pools:          c.Pools,
 		DefaultPool:    c.DefaultPool,

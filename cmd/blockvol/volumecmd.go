@@ -307,9 +307,15 @@ func (c *volumeCLI) create(name string, opts []string) error {
 }
 
 func (c *volumeCLI) rm(name string) error {
+	return c.release(name, "VolumeDriver.Remove", volume.RemoveRequest{Name: name})
+}
+
+// release sends the request req of name that ends something (a remove,
+// an ID-less unmount), within otherLimit, and reports it done.
+func (c *volumeCLI) release(name, method string, req any) error {
 	ctx, cancel := withLimit(otherLimit)
 	defer cancel()
-	if err := c.client.call(ctx, "VolumeDriver.Remove", volume.RemoveRequest{Name: name}, nil); err != nil {
+	if err := c.client.call(ctx, method, req, nil); err != nil {
 		return err
 	}
 	return c.done(name, "")
@@ -332,12 +338,7 @@ func (c *volumeCLI) mount(name string) error {
 }
 
 func (c *volumeCLI) unmount(name string) error {
-	ctx, cancel := withLimit(otherLimit)
-	defer cancel()
-	if err := c.client.call(ctx, "VolumeDriver.Unmount", volume.UnmountRequest{Name: name}, nil); err != nil {
-		return err
-	}
-	return c.done(name, "")
+	return c.release(name, "VolumeDriver.Unmount", volume.UnmountRequest{Name: name})
 }
 
 // done reports a finished rm, mount or unmount: the name (as docker

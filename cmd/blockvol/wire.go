@@ -89,6 +89,7 @@ func newCore(cfg config.Config, log *slog.Logger, obs volumes.Observer) (*volume
 		CreateTimeout: cfg.Timeouts.Create.Duration,
 		MountTimeout:  cfg.Timeouts.Mount.Duration,
 		OtherTimeout:  cfg.Timeouts.Other.Duration,
+		ReleaseDelay:  cfg.ReleaseDelay.Duration,
 		Log:           log,
 		Observer:      obs,
 	})

@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -28,6 +29,8 @@ type PluginConfig struct {
 	LogLevel    string
 	DefaultSize string
 	DefaultFS   string
+	// ReleaseDelay is release_delay ("" leaves the default, 0s).
+	ReleaseDelay string
 }
 
 // Plugin is a running `blockvol serve`.
@@ -213,6 +216,7 @@ state_dir = %s
 mount_dir = %s
 log_level = %s
 default_backend = "local"
+release_delay = %s
 
 [defaults]
 size = %s
@@ -221,7 +225,7 @@ fstype = %s
 [backends.local]
 type = "loop"
 data_dir = %s
-`, q(c.Name), q(c.Socket), q(c.StateDir), q(c.MountDir), q(c.LogLevel), q(c.DefaultSize), q(c.DefaultFS), q(c.DataDir))
+`, q(c.Name), q(c.Socket), q(c.StateDir), q(c.MountDir), q(c.LogLevel), q(cmp.Or(c.ReleaseDelay, "0s")), q(c.DefaultSize), q(c.DefaultFS), q(c.DataDir))
 }
 
 // start runs `blockvol serve` and waits until the socket answers Activate.

@@ -238,6 +238,23 @@ func (d *daemon) must(t *testing.T, args ...string) string {
 	return strings.TrimSpace(out)
 }
 
+// enable enables plugin ref. A shim that died before the plugin's process
+// was made ("failed to create shim task": once, on a fresh CI machine,
+// while other test packages ran, it could not open the FIFOs dockerd had
+// made) is containerd's and never blockvol's: that one failure is retried
+// once, and logged.
+func (d *daemon) enable(t *testing.T, ref string) {
+	t.Helper()
+	out, err := d.try(t, "plugin", "enable", ref)
+	if err != nil && strings.Contains(out, "failed to create shim task") {
+		t.Logf("docker plugin enable %s failed before the plugin ran; retried once: %s", ref, strings.TrimSpace(out))
+		_, err = d.try(t, "plugin", "enable", ref)
+	}
+	if err != nil {
+		t.Fatalf("%v\ndockerd log:\n%s", err, d.logTail())
+	}
+}
+
 // try runs a docker command that may fail.
 func (d *daemon) try(t *testing.T, args ...string) (string, error) {
 	t.Helper()

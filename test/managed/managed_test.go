@@ -21,7 +21,8 @@ import (
 // create a volume with options, write and read from containers; then the
 // events that must not lose a byte: a disable refused while a container
 // uses the volume, dockerd restarts with a container running on the volume
-// (with live-restore, then without), disable/enable, `docker plugin
+// (with live-restore, then without), the plugin restarted under a running
+// container, disable/enable, `docker plugin
 // upgrade`, and remove + create again.
 func TestManagedPlugin(t *testing.T) {
 	testenv.RequireLong(t, "dockerd")
@@ -62,7 +63,7 @@ func TestManagedPlugin(t *testing.T) {
 	install := func() {
 		d.must(t, "plugin", "create", v1, dir1)
 		d.must(t, append([]string{"plugin", "set", v1}, settings...)...)
-		d.must(t, "plugin", "enable", v1)
+		d.enable(t, v1)
 	}
 	install()
 
@@ -138,6 +139,49 @@ func TestManagedPlugin(t *testing.T) {
 		}
 		requireLoops(t, image, 0)
 	})
+	t.Run("plugin restarted under a running container", func(t *testing.T) {
+		// Docker unmounts a managed plugin's propagated mounts when it
+		// stops it: after `disable -f` and `enable` under a container that
+		// still runs on the volume, the new plugin does not see the mount,
+		// only its device still in use. It keeps the volume for the
+		// container, and a second container gets that same filesystem (the
+		// container's unsynced write), never a second loop device on the
+		// image; the last release detaches it.
+		cid = d.must(t, "run", "-d", "--restart", "always", "--network", "none", "-v", vol+":/data", img,
+			"/bin/busybox", "sleep", "3600")
+		d.must(t, "exec", cid, "/bin/busybox", "sh", "-c", "echo five > /data/f")
+		requireLoops(t, image, 1)
+		d.must(t, "plugin", "disable", "-f", v1)
+		d.enable(t, v1)
+		if got := d.must(t, "exec", cid, "/bin/busybox", "cat", "/data/f"); got != "five" {
+			t.Fatalf("after the plugin's restart the container reads %q; want five", got)
+		}
+		read(t, "five")
+		requireLoops(t, image, 1)
+		d.must(t, "exec", cid, "/bin/busybox", "sh", "-c", "echo six > /data/f")
+		read(t, "six")
+		requireLoops(t, image, 1)
+	})
+	t.Run("plugin killed", func(t *testing.T) {
+		// kill -9 of the plugin's process: Docker starts it again; the
+		// container goes on with its data and its mount is kept.
+		old := pluginPID(t, h)
+		if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		waitRestarted(t, d, h, old)
+		if got := d.must(t, "exec", cid, "/bin/busybox", "cat", "/data/f"); got != "six" {
+			t.Fatalf("after kill -9 of the plugin the container reads %q; want six", got)
+		}
+		d.must(t, "exec", cid, "/bin/busybox", "sh", "-c", "echo seven > /data/f")
+		read(t, "seven")
+		requireLoops(t, image, 1)
+		d.must(t, "rm", "-f", cid)
+		if mounted(t, h, vol) {
+			t.Fatal("the volume is still mounted after its last container was removed")
+		}
+		requireLoops(t, image, 0)
+	})
 	t.Run("disable and enable", func(t *testing.T) {
 		// Docker counts an existing volume as a use of its plugin: only
 		// -f disables a plugin with volumes, none of them mounted here.
@@ -145,8 +189,8 @@ func TestManagedPlugin(t *testing.T) {
 			t.Fatalf("disable with a volume: %v; want Docker to refuse it as in use", err)
 		}
 		d.must(t, "plugin", "disable", "-f", v1)
-		d.must(t, "plugin", "enable", v1)
-		read(t, "four")
+		d.enable(t, v1)
+		read(t, "seven")
 	})
 	t.Run("upgrade", func(t *testing.T) {
 		d.must(t, "plugin", "disable", "-f", v1)
@@ -160,8 +204,8 @@ func TestManagedPlugin(t *testing.T) {
 		// mount sources although `docker plugin inspect` still shows the
 		// settings (docs/managed-plugin.md): set them again before enabling.
 		d.must(t, append([]string{"plugin", "set", v1}, settings...)...)
-		d.must(t, "plugin", "enable", v1)
-		read(t, "four")
+		d.enable(t, v1)
+		read(t, "seven")
 		// Only the upgraded plugin ever ran version bvmp-v2.
 		if b, err := os.ReadFile(d.log); err != nil || !strings.Contains(string(b), "version=bvmp-v2") {
 			t.Fatalf("no start of version bvmp-v2 in dockerd's log (%v):\n%s", err, d.logTail())
@@ -171,7 +215,7 @@ func TestManagedPlugin(t *testing.T) {
 		d.must(t, "plugin", "disable", "-f", v1)
 		d.must(t, "plugin", "rm", "-f", v1)
 		install()
-		read(t, "four")
+		read(t, "seven")
 		d.must(t, "volume", "rm", vol)
 		if out := d.must(t, "volume", "ls", "-q"); out != "" {
 			t.Fatalf("volumes left after rm: %s", out)
@@ -323,5 +367,76 @@ func requireLoops(t *testing.T, image string, n int) {
 	}
 	if len(devs) != n {
 		t.Fatalf("loop devices attached to the volume's image: %v; want %d", devs, n)
+	}
+}
+
+// pluginPIDs returns the pids of the test's plugin processes: blockvol
+// serve --managed in a mount namespace of its own whose parent, the shim,
+// is in the test's namespace (another run's plugins are not).
+func pluginPIDs(h *holder) []int {
+	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/mnt", h.pid()))
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		cmd, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+		if err != nil || !strings.HasPrefix(string(cmd), "/usr/bin/blockvol\x00serve\x00--managed") {
+			continue
+		}
+		if parentNS(pid) == ns {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// parentNS returns the mount namespace of pid's parent.
+func parentNS(pid int) string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return ""
+	}
+	// pid (comm) state ppid ...
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if len(f) < 2 {
+		return ""
+	}
+	l, _ := os.Readlink("/proc/" + f[1] + "/ns/mnt")
+	return l
+}
+
+func pluginPID(t *testing.T, h *holder) int {
+	t.Helper()
+	pids := pluginPIDs(h)
+	if len(pids) != 1 {
+		t.Fatalf("plugin processes of the test: %v; want one", pids)
+	}
+	return pids[0]
+}
+
+// waitRestarted waits until Docker has started the plugin again after its
+// process old died, and the plugin answers.
+func waitRestarted(t *testing.T, d *daemon, h *holder, old int) {
+	t.Helper()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.After(2 * time.Minute)
+	for {
+		if pids := pluginPIDs(h); len(pids) == 1 && pids[0] != old {
+			if _, err := d.try(t, "volume", "inspect", "bvmp-"+strings.TrimPrefix(filepath.Base(d.root), "bvmp-")); err == nil {
+				return
+			}
+		}
+		select {
+		case <-deadline:
+			t.Fatalf("the plugin was not started again within 2 minutes of its kill\n%s", d.logTail())
+		case <-tick.C:
+		}
 	}
 }

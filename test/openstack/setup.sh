@@ -7,7 +7,7 @@
 # Usage: setup.sh [setup|install|init|start|stop|status]
 #   setup   (default; what test/setup.sh calls) install the packages if missing,
 #           initialise once (databases, Keystone bootstrap and catalog, Cinder
-#           schema and volume types; this starts the services), then stop
+#           schema, volume types and quotas; this starts the services), then stop
 #           them again: the tests start and stop them (TestMain).
 #   install apt-get install the packages (a no-op when they are there)
 #   init    first-time initialisation; leaves everything running
@@ -17,7 +17,8 @@
 # State, configs and logs live in $OSCLOUD (default /var/lib/blockvol-test/openstack).
 # Credentials: admin/secret (project admin), demo/demopass (project demo,
 # role member), cinder/cinderpass (project service, roles admin+service);
-# Keystone http://127.0.0.1:5000/v3; volume types "file" and "fast".
+# Keystone http://127.0.0.1:5000/v3; volume types "file" and "fast"; volume
+# quotas of 100 volumes, 100 snapshots, 100 backups, 2000 GiB (cinder_setup.py).
 set -u
 # One caller at a time: two inits at once race inside `cinder-manage db sync`
 # ("Table 'services' already exists"), and a stop during a start leaves
@@ -39,8 +40,9 @@ C=$B/cinder/cinder.conf
 MY="mariadb --defaults-file=$B/mariadb/my.cnf -uroot"
 PY=/usr/bin/python3
 # Bump when init learns something new: an older initialised state is
-# brought up to date by re-running the (idempotent) Keystone and Cinder setup.
-INIT_VERSION=2
+# brought up to date by re-running the (idempotent) Keystone and Cinder setup
+# at the next start (3: cinder_setup.py raises the projects' quotas).
+INIT_VERSION=3
 PACKAGES="keystone cinder-api cinder-scheduler cinder-volume tgt rabbitmq-server mariadb-server libiscsi-bin curl iproute2"
 
 now() { date +%s%N; }
@@ -130,7 +132,7 @@ do_start() {
   waitcmd 60 rabbit_ready || fail "rabbitmq failed"; echo "rabbitmq up $(since $t)s"
   start_cinder; waitcmd 90 http_ok http://127.0.0.1:8776/ || fail "cinder-api failed"; echo "cinder-api up $(since $t)s"
   if [ "$(cat $B/.initialised)" != "$INIT_VERSION" ]; then
-    $PY $HERE/keystone_setup.py && $PY $HERE/cinder_types.py || fail "keystone/cinder setup failed"
+    $PY $HERE/keystone_setup.py && $PY $HERE/cinder_setup.py || fail "keystone/cinder setup failed"
     echo $INIT_VERSION >$B/.initialised
   fi
   waitcmd 90 services_up || fail "cinder-scheduler/cinder-volume not up"; echo "cinder-scheduler+volume up $(since $t)s"
@@ -157,7 +159,7 @@ do_init() {
   $PY $HERE/keystone_setup.py || fail "keystone setup failed"
   waitcmd 60 rabbit_ready || fail "rabbitmq failed"
   start_cinder; waitcmd 90 http_ok http://127.0.0.1:8776/ || fail "cinder-api failed"
-  $PY $HERE/cinder_types.py || fail "volume types failed"
+  $PY $HERE/cinder_setup.py || fail "cinder setup (volume types, quotas) failed"
   waitcmd 90 services_up || fail "cinder services not up"
   echo $INIT_VERSION >$B/.initialised
   echo "init+start done in $(since $t)s"

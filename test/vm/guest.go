@@ -50,7 +50,16 @@ var Programs = []string{
 	// The iscsitarget backend's helper script and lock on the target
 	// host expect coreutils and util-linux, not busybox's variants.
 	"flock", "timeout", "truncate", "mktemp", "sync", "cat", "rm", "mv",
+	// dm-multipath (the multi-host tests' multipath scenario).
+	"multipathd", "multipath",
 }
+
+// multipathPlugins is where multipath-tools keeps the path checkers and
+// prioritizers multipathd loads at run time (Debian 12).
+const multipathPlugins = "/lib/multipath"
+
+// multipathModules are the kernel modules of dm-multipath.
+var multipathModules = []string{"dm_multipath", "dm_service_time", "dm_round_robin"}
 
 // dlopenLibs are libraries that programs load at run time, which ldd
 // cannot see: glibc loads libgcc_s for pthread_cancel (tgtd cancels its
@@ -116,6 +125,15 @@ func BuildGuest(ctx context.Context, opts GuestOptions) (Guest, error) {
 			return g, fmt.Errorf("guest program %s: %w (run test/vm/setup.sh)", p, err)
 		}
 		if err := im.Program(ctx, path); err != nil {
+			return g, err
+		}
+	}
+	plugins, _ := filepath.Glob(filepath.Join(multipathPlugins, "*.so"))
+	if len(plugins) == 0 {
+		return g, fmt.Errorf("no multipathd plugins in %s (run test/vm/setup.sh)", multipathPlugins)
+	}
+	for _, p := range plugins {
+		if err := im.Program(ctx, p); err != nil {
 			return g, err
 		}
 	}

@@ -56,7 +56,8 @@ type TargetHost struct {
 // Stop undoes everything.
 func StartTargetHost(ctx context.Context, dir string, taps ...string) (*TargetHost, error) {
 	h := &TargetHost{NS: fmt.Sprintf("bvmh-%d", os.Getpid()), Dir: dir, Pool: filepath.Join(dir, "pool")}
-	if err := os.MkdirAll(h.Pool, 0o700); err != nil {
+	// pool/mpath is the agents' "mpath" backend's (guest/paths.go).
+	if err := os.MkdirAll(filepath.Join(h.Pool, "mpath"), 0o700); err != nil {
 		return nil, err
 	}
 	if err := h.makeNetwork(ctx, taps); err != nil {
@@ -357,7 +358,7 @@ func BootAgent(cfg AgentConfig) *Agent {
 		QEMU: cfg.QEMU, Kernel: cfg.Kernel, Initrd: cfg.Initrd, CPUs: 1, MemoryMB: 768,
 		LogPath: cfg.LogPath, Netns: cfg.Host.NS,
 		Append: []string{"vmtest.mode=agent", "vmtest.name=" + cfg.Name, "vmtest.ip=" + a.IP + "/24",
-			"vmtest.target=" + TargetIP, "vmtest.tgtctl=" + strconv.Itoa(cfg.Host.TGTControl), "vmtest.pool=" + cfg.Host.Pool},
+			"vmtest.target=" + TargetIP, "vmtest.tgtctl=" + strconv.Itoa(cfg.Host.TGTControl), "vmtest.pool=" + cfg.Host.Pool, "vmtest.target2=" + TargetIP2},
 		Extra: []string{
 			"-netdev", "tap,id=n0,ifname=" + cfg.Tap + ",script=no,downscript=no",
 			"-device", fmt.Sprintf("virtio-net-pci,netdev=n0,mac=52:54:00:21:30:%02x", cfg.N),

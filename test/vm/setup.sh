@@ -21,8 +21,10 @@ log() { echo "test/vm/setup.sh: $*" >&2; }
 # qemu and the programs copied into the guest's initramfs. --no-install-recommends
 # keeps qemu small; tgt and open-iscsi are only copied, their services are
 # not needed on this host. The multi-host tests (TestMultiHost) run tgtd and
-# an sshd of their own in a network namespace: openssh-server, iproute2.
-PKGS="qemu-system-x86 busybox-static tgt open-iscsi xfsprogs e2fsprogs util-linux udev kmod openssh-server openssh-client iproute2"
+# an sshd of their own in a network namespace: openssh-server, iproute2;
+# their multipath scenario runs multipathd in a guest: multipath-tools (this
+# host's kernel has no device-mapper; only the programs are copied).
+PKGS="qemu-system-x86 busybox-static tgt open-iscsi xfsprogs e2fsprogs util-linux udev kmod openssh-server openssh-client iproute2 multipath-tools"
 install_pkgs() {
   apt-get install -y -q --no-install-recommends $PKGS >/tmp/blockvol-vm-apt.log 2>&1
 }

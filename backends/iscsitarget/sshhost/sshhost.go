@@ -21,8 +21,9 @@
 // default). A connection that fails is dropped and the next call dials
 // again; a session that cannot be opened on a connection that has gone
 // stale is retried once on a new connection (the program never started,
-// so this is safe). A keepalive every 30 s keeps idle connections open
-// through firewalls and drops dead ones.
+// so this is safe), unless the host gave no answer at all within
+// DialTimeout: then the call fails at once. A keepalive every 30 s keeps
+// idle connections open through firewalls and drops dead ones.
 package sshhost
 
 import (
@@ -55,8 +56,10 @@ type Config struct {
 	KeyFile string
 	// KnownHostsFile holds the server's host key (OpenSSH format).
 	KnownHostsFile string
-	// DialTimeout bounds the TCP connection and the SSH handshake;
-	// 0 = 10s. A call's context may end them sooner.
+	// DialTimeout bounds the TCP connection and the SSH handshake, and
+	// the answer to each session request on an open connection (a host
+	// that stopped answering costs a call this long, not the call's whole
+	// deadline); 0 = 10s. A call's context may end them sooner.
 	DialTimeout time.Duration
 	// MaxSessions bounds the sessions open at once; 0 = 8.
 	MaxSessions int
@@ -370,7 +373,7 @@ func (h *Host) session(ctx context.Context) (*ssh.Session, error) {
 		if err != nil {
 			return nil, err
 		}
-		s, err := newSession(ctx, c)
+		s, err := newSession(ctx, c, h.cfg.DialTimeout)
 		if err == nil {
 			return s, nil
 		}
@@ -384,14 +387,25 @@ func (h *Host) session(ctx context.Context) (*ssh.Session, error) {
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("ssh %s: open a session: %w", h.cfg.Addr, ctx.Err())
 		}
+		if errors.Is(err, errNoAnswer) {
+			// The host, not just this connection, stopped answering
+			// (it died, or the network to it did): a new connection
+			// would only cost another DialTimeout.
+			return nil, fmt.Errorf("ssh %s: open a session: %w", h.cfg.Addr, err)
+		}
 		lastErr = err
 	}
 	return nil, fmt.Errorf("ssh %s: open a session: %w", h.cfg.Addr, lastErr)
 }
 
-// newSession is c.NewSession, bounded by ctx: a connection whose peer
-// vanished would block it until TCP gives up.
-func newSession(ctx context.Context, c *ssh.Client) (*ssh.Session, error) {
+// errNoAnswer: a session request on an open connection got no answer.
+var errNoAnswer = errors.New("the host did not answer")
+
+// newSession is c.NewSession, bounded by ctx and by timeout: a connection
+// whose peer vanished (a host that died, a network cut) would block it
+// until TCP gives up, and a live server answers a session request in one
+// round trip. On timeout c is closed and the error wraps errNoAnswer.
+func newSession(ctx context.Context, c *ssh.Client, timeout time.Duration) (*ssh.Session, error) {
 	type result struct {
 		s   *ssh.Session
 		err error
@@ -401,16 +415,22 @@ func newSession(ctx context.Context, c *ssh.Client) (*ssh.Session, error) {
 		s, err := c.NewSession()
 		ch <- result{s, err}
 	}()
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	var err error
 	select {
 	case r := <-ch:
 		return r.s, r.err
 	case <-ctx.Done():
-		c.Close() // unblocks NewSession
-		if r := <-ch; r.s != nil {
-			r.s.Close()
-		}
-		return nil, ctx.Err()
+		err = ctx.Err()
+	case <-t.C:
+		err = fmt.Errorf("%w to a session request within %s", errNoAnswer, timeout)
 	}
+	c.Close() // unblocks NewSession
+	if r := <-ch; r.s != nil {
+		r.s.Close()
+	}
+	return nil, err
 }
 
 // client returns the connection, dialing when there is none.

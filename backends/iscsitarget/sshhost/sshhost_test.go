@@ -288,3 +288,40 @@ func TestReconnectsAfterTheServerRestarts(t *testing.T) {
 		t.Fatalf("Run after sshd restart = %q, %v", out, err)
 	}
 }
+
+// TestHostThatStopsAnsweringCostsDialTimeout: a host that stops answering
+// on an open connection (it died, or the network to it was cut) fails a
+// call after DialTimeout, not at the end of the call's deadline; once it
+// answers again, the next call reconnects.
+func TestHostThatStopsAnsweringCostsDialTimeout(t *testing.T) {
+	s := testsrv.StartSSHD(t)
+	h, err := sshhost.New(sshhost.Config{Addr: s.Addr, User: "root", KeyFile: s.ClientKey, KnownHostsFile: s.KnownHosts, DialTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Close() })
+	if _, err := h.Run(context.Background(), "true"); err != nil {
+		t.Fatal(err)
+	}
+	thaw := s.Freeze()
+	t.Cleanup(thaw)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := h.Run(ctx, "true")
+		errc <- err
+	}()
+	select {
+	case err := <-errc:
+		if err == nil || !strings.Contains(err.Error(), "did not answer") {
+			t.Fatalf("Run on a host that stopped answering = %v, want a \"did not answer\" error", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Run on a host that stopped answering still waits after 20s (DialTimeout 1s)")
+	}
+	thaw()
+	if out, err := h.Run(ctx, "echo", "again"); err != nil || string(out) != "again\n" {
+		t.Fatalf("Run once the host answers again = %q, %v", out, err)
+	}
+}

@@ -24,18 +24,36 @@ fail() {
   systemctl poweroff
   exit 1
 }
-step() { STEP=$1; }
+step() { STEP=$1; echo "$1 $(up)" >/run/bvsd.step; }
 up() { awk '{print $1}' /proc/uptime; }
 
-# waitfor SECONDS CMD...: until CMD succeeds (checked every 0.2 s).
+# waitfor SECONDS CMD...: until CMD succeeds, tried every 0.2 s for at
+# most SECONDS of uptime (a count of tries is no bound: one docker call
+# takes seconds under emulation).
 waitfor() {
-  n=$(( $1 * 5 )); shift
-  while [ $n -gt 0 ]; do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; n=$((n - 1)); done
-  return 1
+  end=$(( ${1} + $(cut -d. -f1 /proc/uptime) )); shift
+  while [ "$(cut -d. -f1 /proc/uptime)" -lt $end ]; do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  "$@" >/dev/null 2>&1
 }
 running() { [ "$(docker inspect -f '{{.State.Running}}' "$1" 2>/dev/null)" = true ]; }
 content() { docker exec bvsdc /bin/busybox cat /data/f 2>/dev/null; }
 mounted() { grep -q " /var/lib/blockvol/mounts/$1 " /proc/self/mountinfo; }
+
+# watchdog: every 60 s, what the step in progress is and what runs; a
+# step that hangs then leaves its processes and the units' states in the
+# report (the host's deadline ends the run).
+watchdog() {
+  while sleep 60; do
+    say "log watchdog: step $(cat /run/bvsd.step 2>/dev/null), uptime $(up)"
+    for u in blockvol.socket blockvol.service docker.service containerd.service; do
+      say "log watchdog: $u $(systemctl is-active $u 2>&1)"
+    done
+    ps -eo pid,ppid,stat,wchan:24,etimes,args 2>/dev/null |
+      grep -E 'docker|containerd|blockvol|systemctl|timeout|losetup|mount|mkfs|e2fsck|busybox|journalctl' |
+      grep -v grep | cut -c1-200 | sed 's/^/BVSD log watchdog: /' >$REPORT
+  done
+}
+watchdog &
 
 mkdir -p /var/lib/bvsd
 phase=$(cat $PHASE 2>/dev/null || echo first)
@@ -66,8 +84,10 @@ if [ "$phase" = first ]; then
 
   step write
   mkdir -p /tmp/img/bin && cp /bin/busybox /tmp/img/bin/ && tar -C /tmp/img -c . | docker import - $IMG >/dev/null || fail "docker import"
+  # The container writes its file on its first run only: after the reboot
+  # and after a stop/start, what it reads is what the volume kept.
   docker run -d --name bvsdc --restart always --network none -v $VOL:/data $IMG \
-    /bin/busybox sh -c 'echo hello-bvsd > /data/f; /bin/busybox sync; exec /bin/busybox sleep 100000' >/dev/null 2>&1 ||
+    /bin/busybox sh -c '[ -e /data/f ] || { echo hello-bvsd > /data/f; /bin/busybox sync; }; exec /bin/busybox sleep 100000' >/dev/null 2>&1 ||
     fail "docker run: $(docker logs bvsdc 2>&1 | tail -2)"
   waitfor 60 sh -c '[ "$(docker exec bvsdc /bin/busybox cat /data/f)" = hello-bvsd ]' || fail "the container did not write its file"
   mounted $VOL || fail "no mount of $VOL on the host"

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -28,6 +29,7 @@ import (
 //	vmtest.target=A.B.C.D   the target host (SSH on 22, portal on 3260)
 //	vmtest.tgtctl=N         tgtd's control port on the target host
 //	vmtest.pool=DIR         the volumes' directory on the target host
+//	vmtest.cinder=A.B.C.D   also a backend "cinder" (cinderhost.go)
 //
 // The control protocol: one JSON request a line, {"id":N,"argv":[...],
 // "timeout":SECONDS}; one JSON answer a line, {"id":N,"rc":RC,"out":OUT,
@@ -45,6 +47,8 @@ const (
 // agentParams are the agent's kernel parameters.
 type agentParams struct {
 	name, ip, target, tgtctl, pool string
+	cinder                         string // vmtest.cinder (cinderhost.go)
+	target2                        string // vmtest.target2 (paths.go)
 }
 
 func readAgentParams() agentParams {
@@ -63,6 +67,10 @@ func readAgentParams() agentParams {
 			p.tgtctl = v
 		case "vmtest.pool":
 			p.pool = v
+		case "vmtest.cinder":
+			p.cinder = v
+		case "vmtest.target2":
+			p.target2 = v
 		}
 	}
 	return p
@@ -95,7 +103,7 @@ iqn_prefix = "iqn.2024-01.test.bvmh"
 [backends.%s.pools]
 default = %q
 `, agentSocket, agentBackend, hostNumber(p.name), agentBackend, p.target, agentSSHDir+"/id", agentSSHDir+"/known_hosts",
-		p.tgtctl, p.target, agentBackend, p.pool)
+		p.tgtctl, p.target, agentBackend, p.pool) + agentCinderTOML(p) + agentPathsTOML(p)
 }
 
 // hostNumber makes each agent's HostUUID differ.
@@ -157,22 +165,34 @@ func setupAgent(s *S, p agentParams) error {
 		if err := os.WriteFile(agentConfig, []byte(agentConfigTOML(p)), 0o600); err != nil {
 			return err
 		}
-		f, err := os.OpenFile("/run/vmtest/blockvol.log", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		cmd := exec.Command("/usr/bin/blockvol", "serve", "--config", agentConfig)
-		cmd.Env = []string{"PATH=/usr/sbin:/usr/bin"}
-		cmd.Stdout, cmd.Stderr = f, f
-		if err := cmd.Start(); err != nil {
-			return err
-		}
-		go cmd.Wait()
-		return waitFor(s.ctx, 30*time.Second, 50*time.Millisecond, "blockvol socket", func() (bool, error) {
-			_, err := os.Stat(agentSocket)
-			return err == nil, nil
-		})
+		return startAgentServe(s.ctx)
+	})
+}
+
+// agentServePID holds the pid of the agent's `blockvol serve`.
+const agentServePID = "/run/vmtest/blockvol.pid"
+
+// startAgentServe starts `blockvol serve` with the agent's configuration
+// and waits for its socket.
+func startAgentServe(ctx context.Context) error {
+	f, err := os.OpenFile("/run/vmtest/blockvol.log", os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	cmd := exec.Command("/usr/bin/blockvol", "serve", "--config", agentConfig)
+	cmd.Env = []string{"PATH=/usr/sbin:/usr/bin"}
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	go cmd.Wait()
+	if err := os.WriteFile(agentServePID, []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
+		return err
+	}
+	return waitFor(ctx, 30*time.Second, 50*time.Millisecond, "blockvol socket", func() (bool, error) {
+		_, err := os.Stat(agentSocket)
+		return err == nil, nil
 	})
 }
 

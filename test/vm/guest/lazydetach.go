@@ -19,7 +19,8 @@ import (
 //
 // The scenario makes the window exact: a holder process keeps the device
 // open, the device is detached by hand, and a hook kills the holder right
-// before the plugin's `blkid -p` and waits until the device is gone. (The
+// before the plugin's mkfs (a fresh volume's image of holes is formatted
+// without a blkid probe) and waits until the device is gone. (The
 // holder also gives up after 20 s, so that a backend that waits for the
 // dying device instead of reusing it passes too.)
 func loopPendingDetach(s *S) error {
@@ -64,10 +65,10 @@ func loopPendingDetach(s *S) error {
 		return err
 	}
 	sysBacking := filepath.Join("/sys/block", filepath.Base(dev), "loop", "backing_file")
-	if err := armReleaseHook("blkid", "-p", holder.Process.Pid, sysBacking); err != nil {
+	if err := armReleaseHook("mkfs.ext4", "-F", holder.Process.Pid, sysBacking); err != nil {
 		return err
 	}
-	mp, err := mountStep(s, p, b, "Mount "+vol+" while that detach is pending (the dying device vanishes before blkid)", vol, id, "ext4", true)
+	mp, err := mountStep(s, p, b, "Mount "+vol+" while that detach is pending (the dying device vanishes before mkfs)", vol, id, "ext4", true)
 	if err != nil {
 		var pe *pluginError
 		if errors.As(err, &pe) {

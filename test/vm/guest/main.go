@@ -45,6 +45,10 @@ func main() {
 			os.Exit(writerMain(os.Args[2:]))
 		case "records":
 			os.Exit(recordsMain(os.Args[2:]))
+		case "cinder-backend":
+			os.Exit(cinderBackendMain(os.Args[2:]))
+		case "login":
+			os.Exit(loginMain(os.Args[2:]))
 		}
 	}
 	os.Exit(runAll())

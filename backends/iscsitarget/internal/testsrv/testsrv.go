@@ -334,3 +334,46 @@ func (s *SSHD) Restart() {
 		s.t.Fatalf("restart sshd: %v", err)
 	}
 }
+
+// Freeze stops (SIGSTOP) sshd and every process under it, as a host that
+// died or was cut off: connections stay open, nothing answers on them.
+// thaw resumes them.
+func (s *SSHD) Freeze() (thaw func()) {
+	pids := descendants(s.cmd.Process.Pid)
+	for _, p := range pids {
+		_ = syscall.Kill(p, syscall.SIGSTOP)
+	}
+	return func() {
+		for _, p := range pids {
+			_ = syscall.Kill(p, syscall.SIGCONT)
+		}
+	}
+}
+
+// descendants returns pid and every process under it (from /proc).
+func descendants(pid int) []int {
+	parent := map[int]int{}
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, st := range stats {
+		b, err := os.ReadFile(st)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...: comm may hold spaces and parentheses.
+		rest := string(b[strings.LastIndexByte(string(b), ')')+1:])
+		f := strings.Fields(rest)
+		p, _ := strconv.Atoi(filepath.Base(filepath.Dir(st)))
+		if len(f) > 1 {
+			parent[p], _ = strconv.Atoi(f[1])
+		}
+	}
+	out := []int{pid}
+	for k := 0; k < len(out); k++ {
+		for p, pp := range parent {
+			if pp == out[k] {
+				out = append(out, p)
+			}
+		}
+	}
+	return out
+}
