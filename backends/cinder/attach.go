@@ -53,16 +53,12 @@ func (b *Backend) claimedHere(v *volumes.Volume) bool {
 // Attach implements backends.Backend.
 func (b *Backend) Attach(ctx context.Context, name string, opts backends.AttachOptions) (string, error) {
 	const op = "attach"
-	c, err := b.open(ctx, op, name)
+	defer b.recent.forget(name) // what it changes is not what was seen
+	c, v, err := b.openVolume(ctx, op, name, b.find)
 	if err != nil {
 		return "", err
 	}
-	defer b.recent.forget(name) // what it changes is not what was seen
 	log := b.log.With("volume", name, "op", op)
-	v, err := b.find(ctx, c, name)
-	if err != nil {
-		return "", opErr(op, name, err)
-	}
 	log = log.With("id", v.ID)
 	if v, err = b.settle(ctx, c, v); err != nil {
 		return "", opErr(op, name, err)
@@ -495,13 +491,9 @@ func (b *Backend) terminate(ctx context.Context, c *conn, id string, connector m
 // recorded here that another host has taken over.
 func (b *Backend) Detach(ctx context.Context, name string) error {
 	const op = "detach"
-	c, err := b.open(ctx, op, name)
-	if err != nil {
-		return err
-	}
 	defer b.recent.forget(name) // what it changes is not what was seen
 	log := b.log.With("volume", name, "op", op)
-	v, err := b.find(ctx, c, name)
+	c, v, err := b.openVolume(ctx, op, name, b.find)
 	if errors.Is(err, sentinel.ErrNotFound) {
 		// Gone from Cinder (taken over, then deleted elsewhere): log out
 		// of any target still recorded for the name.
@@ -511,7 +503,7 @@ func (b *Backend) Detach(ctx context.Context, name string) error {
 		return nil
 	}
 	if err != nil {
-		return opErr(op, name, err)
+		return err
 	}
 	log = log.With("id", v.ID)
 	rec, err := b.readRecord(v.ID)

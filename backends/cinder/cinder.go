@@ -426,13 +426,9 @@ func (b *Backend) create(ctx context.Context, req backends.CreateRequest, src ba
 // Get implements backends.Backend.
 func (b *Backend) Get(ctx context.Context, name string) (backends.Volume, error) {
 	const op = "get"
-	c, err := b.open(ctx, op, name)
+	_, v, err := b.openVolume(ctx, op, name, b.findRecent)
 	if err != nil {
 		return backends.Volume{}, err
-	}
-	v, err := b.findRecent(ctx, c, name)
-	if err != nil {
-		return backends.Volume{}, opErr(op, name, err)
 	}
 	vol, err := b.toVolume(v)
 	if err != nil {
@@ -887,4 +883,20 @@ func (b *Backend) open(ctx context.Context, op, name string) (*conn, error) {
 		return nil, opErr(op, name, err)
 	}
 	return c, nil
+}
+
+// openVolume is open, then the volume named name, looked up with find
+// (b.find, or b.findRecent where a lookup a moment ago will do). Both
+// failures come as opErr, so ErrNotFound still shows through errors.Is.
+func (b *Backend) openVolume(ctx context.Context, op, name string,
+	find func(context.Context, *conn, string) (*volumes.Volume, error)) (*conn, *volumes.Volume, error) {
+	c, err := b.open(ctx, op, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	v, err := find(ctx, c, name)
+	if err != nil {
+		return c, nil, opErr(op, name, err)
+	}
+	return c, v, nil
 }

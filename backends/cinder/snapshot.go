@@ -171,13 +171,9 @@ func (b *Backend) sourceIDs(ctx context.Context, c *conn, src backends.Source) (
 // its device shows the new size.
 func (b *Backend) Expand(ctx context.Context, name string, sizeBytes int64) (backends.Volume, error) {
 	const op = "expand"
-	c, err := b.open(ctx, op, name)
+	c, v, err := b.openVolume(ctx, op, name, b.find)
 	if err != nil {
 		return backends.Volume{}, err
-	}
-	v, err := b.find(ctx, c, name)
-	if err != nil {
-		return backends.Volume{}, opErr(op, name, err)
 	}
 	gib := int((sizeBytes + 1<<30 - 1) >> 30)
 	switch {

@@ -80,6 +80,7 @@ import (
 
 	"github.com/blockvol/blockvol/backends"
 	"github.com/blockvol/blockvol/internal/keyedlock"
+	"github.com/blockvol/blockvol/internal/sema"
 	"github.com/blockvol/blockvol/internal/sentinel"
 	"github.com/blockvol/blockvol/iscsi"
 )
@@ -147,7 +148,7 @@ type Backend struct {
 	localLocks keyedlock.Map // this process's turn at each volume's lock
 	holderMu   sync.Mutex
 	holders    map[string]string // volume -> owner of its lock in this process
-	heldLocks  chan struct{}     // one token per lock held (maxHeldLocks)
+	heldLocks  sema.Sema         // one turn per lock held (maxHeldLocks)
 	pid        int
 	now        func() time.Time
 }
@@ -218,7 +219,7 @@ func New(cfg Config, host Host, init backends.Initiator, log *slog.Logger) (*Bac
 		lockWait:    cfg.LockTimeout,
 		lockHold:    defaultLockHold,
 		holders:     map[string]string{},
-		heldLocks:   make(chan struct{}, maxHeldLocks),
+		heldLocks:   sema.New(maxHeldLocks),
 		pid:         os.Getpid(),
 		now:         time.Now,
 	}

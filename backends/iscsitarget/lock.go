@@ -110,10 +110,10 @@ func (b *Backend) withLock(ctx context.Context, op, name string, fn func(ctx con
 	// A turn at holding a lock is this host's own queue: it is waited
 	// for up to the call's deadline, and the wait on the target host is
 	// counted from when it comes.
-	if err := b.holdSlot(ctx); err != nil {
+	if err := b.heldLocks.Acquire(ctx); err != nil {
 		return fmt.Errorf("wait for a turn at the target host's lock of volume %s (this host holds %d locks): %w", name, maxHeldLocks, err)
 	}
-	defer func() { <-b.heldLocks }()
+	defer b.heldLocks.Release()
 	wait = b.lockWait
 	if dl, ok := ctx.Deadline(); ok {
 		wait = min(wait, time.Until(dl)-time.Second)
@@ -149,16 +149,6 @@ func (b *Backend) withLock(ctx context.Context, op, name string, fn func(ctx con
 			slog.String("lock", b.volumeLock(name)), slog.String("op", op), slog.String("volume", name), slog.Any("error", rerr))
 	}
 	return err
-}
-
-// holdSlot waits for one of the maxHeldLocks turns at holding a lock.
-func (b *Backend) holdSlot(ctx context.Context) error {
-	select {
-	case b.heldLocks <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }
 
 // lockArgv is flock's argv for the holder of volume name's lock (see the

@@ -796,19 +796,28 @@ func (b *Backend) autoclear(dev string) bool {
 	return err == nil && strings.TrimSpace(string(data)) == "1"
 }
 
+// readNames reads directory dir: its entries, and the set of their names.
+func readNames(dir string) ([]os.DirEntry, map[string]bool, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	have := make(map[string]bool, len(entries))
+	for _, e := range entries {
+		have[e.Name()] = true
+	}
+	return entries, have, nil
+}
+
 // sweep removes, at start-up, debris of operations interrupted by a crash:
 // images without a record that no loop device uses, and temporary files
 // left by state.WriteFileAtomic. Failures are logged, never fatal.
 func (b *Backend) sweep() {
 	log := b.log.With(slog.String("op", "sweep"))
-	entries, err := os.ReadDir(b.dir)
+	entries, have, err := readNames(b.dir)
 	if err != nil {
 		log.Warn("cannot read data directory", slog.Any("error", err))
 		return
-	}
-	have := make(map[string]bool, len(entries))
-	for _, e := range entries {
-		have[e.Name()] = true
 	}
 	var loops map[string][]string
 	for _, e := range entries {

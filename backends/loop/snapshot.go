@@ -487,7 +487,7 @@ func lengthen(img string, size int64) error {
 // damaged is kept) and temporary files of interrupted record
 // writes. Failures are logged, never fatal.
 func (b *Backend) sweepSnapshots(log *slog.Logger) {
-	entries, err := os.ReadDir(b.snapDir())
+	entries, have, err := readNames(b.snapDir())
 	if errors.Is(err, fs.ErrNotExist) {
 		return
 	}
@@ -495,9 +495,7 @@ func (b *Backend) sweepSnapshots(log *slog.Logger) {
 		log.Warn("cannot read snapshot directory", slog.Any("error", err))
 		return
 	}
-	have := make(map[string]bool, len(entries))
 	for _, e := range entries {
-		have[e.Name()] = true
 		if name := asideOf(e.Name()); name != "" {
 			have[name+jsonSuffix] = true // set aside, its image is no debris
 		}

@@ -45,6 +45,7 @@ import (
 	"golang.org/x/crypto/ssh/knownhosts"
 
 	"github.com/blockvol/blockvol/hostexec"
+	"github.com/blockvol/blockvol/internal/sema"
 )
 
 // Config configures a Host.
@@ -82,7 +83,7 @@ type Host struct {
 	hostKeys ssh.HostKeyCallback
 	algos    []string
 
-	slots chan struct{} // session slots
+	slots sema.Sema     // session slots
 	dial  chan struct{} // one dialer at a time
 	mu    sync.Mutex
 	c     *ssh.Client
@@ -123,7 +124,7 @@ func New(cfg Config) (*Host, error) {
 		cfg:      cfg,
 		signer:   signer,
 		hostKeys: cb,
-		slots:    make(chan struct{}, cfg.MaxSessions),
+		slots:    sema.New(cfg.MaxSessions),
 		dial:     make(chan struct{}, 1),
 	}
 	known := h.knownKeys()
@@ -236,26 +237,26 @@ func (h *Host) Run(ctx context.Context, name string, args ...string) ([]byte, er
 	if err != nil {
 		return nil, err
 	}
-	if err := h.acquire(ctx); err != nil {
+	if err := h.slots.Acquire(ctx); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	s, err := h.session(ctx)
 	if err != nil {
-		h.releaseSlot()
+		h.slots.Release()
 		return nil, err
 	}
 	var stdout, stderr hostexec.SyncBuffer
 	s.Stdout, s.Stderr = &stdout, &stderr
 	if err := s.Start(cmd); err != nil {
 		s.Close()
-		h.releaseSlot()
+		h.slots.Release()
 		return nil, fmt.Errorf("ssh %s: start %s: %w", h.cfg.Addr, name, err)
 	}
 	done := make(chan error, 1)
 	go func() {
 		err := s.Wait()
 		s.Close()
-		h.releaseSlot()
+		h.slots.Release()
 		done <- err
 	}()
 	select {
@@ -280,17 +281,17 @@ func (h *Host) Hold(ctx context.Context, name string, args ...string) (string, f
 	if err != nil {
 		return "", nil, err
 	}
-	if err := h.acquire(ctx); err != nil {
+	if err := h.slots.Acquire(ctx); err != nil {
 		return "", nil, fmt.Errorf("%s: %w", name, err)
 	}
 	s, err := h.session(ctx)
 	if err != nil {
-		h.releaseSlot()
+		h.slots.Release()
 		return "", nil, err
 	}
 	fail := func(err error) (string, func() error, error) {
 		s.Close()
-		h.releaseSlot()
+		h.slots.Release()
 		return "", nil, err
 	}
 	stdin, err := s.StdinPipe()
@@ -313,7 +314,7 @@ func (h *Host) Hold(ctx context.Context, name string, args ...string) (string, f
 		if ctx.Err() != nil {
 			// The program may go on until it reads the end of its input
 			// (the lock holder: once it has the lock, at once).
-			go func() { _ = s.Wait(); s.Close(); h.releaseSlot() }()
+			go func() { _ = s.Wait(); s.Close(); h.slots.Release() }()
 			return "", nil, fmt.Errorf("%s: %w", name, ctx.Err())
 		}
 		werr := s.Wait()
@@ -330,7 +331,7 @@ func (h *Host) Hold(ctx context.Context, name string, args ...string) (string, f
 			stdin.Close()
 			werr := s.Wait()
 			s.Close()
-			h.releaseSlot()
+			h.slots.Release()
 			rerr = h.exitErr(name, args, stderr.String(), werr)
 		})
 		return rerr
@@ -352,17 +353,6 @@ func (h *Host) exitErr(name string, args []string, stderr string, err error) err
 	}
 	return fmt.Errorf("ssh %s: %s: %w", h.cfg.Addr, name, err)
 }
-
-func (h *Host) acquire(ctx context.Context) error {
-	select {
-	case h.slots <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func (h *Host) releaseSlot() { <-h.slots }
 
 // session opens a session, dialing first when there is no connection, and
 // once more on a new connection when the current one turns out dead.
