@@ -586,37 +586,41 @@ func TestRealOverSSH(t *testing.T) {
 	b := r.agent(h, "node-b", initB, true, nil)
 	iqn := realPrefix + ":remote"
 	meta := map[string]string{"fstype": "ext4", "note": "it's $(touch /tmp/blockvol-pwned); `id` \"q\" \\ \n*"}
-	cctx, cancel := context.WithTimeout(ctx, 30*time.Second) // calls have deadlines, as the plugin's do
-	defer cancel()
-	if _, err := a.b.Create(cctx, backends.CreateRequest{Name: "remote", SizeBytes: 16 * mib, Meta: meta}); err != nil {
+	// Each call has its own deadline, as the plugin's do.
+	call := func() context.Context {
+		c, cancel := context.WithTimeout(ctx, 30*time.Second)
+		t.Cleanup(cancel)
+		return c
+	}
+	if _, err := a.b.Create(call(), backends.CreateRequest{Name: "remote", SizeBytes: 16 * mib, Meta: meta}); err != nil {
 		t.Fatal(err)
 	}
-	v, err := b.b.Get(cctx, "remote")
+	v, err := b.b.Get(call(), "remote")
 	if err != nil || !reflect.DeepEqual(v.Meta, meta) {
 		t.Fatalf("Get over SSH = %+v, %v; want meta %q verbatim", v.Meta, err, meta)
 	}
 	if _, err := os.Stat("/tmp/blockvol-pwned"); err == nil {
 		t.Fatal("a meta value ran a command on the target host")
 	}
-	if _, err := a.b.Attach(cctx, "remote", backends.AttachOptions{}); err != nil {
+	if _, err := a.b.Attach(call(), "remote", backends.AttachOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	r.wantCapacity(initA, iqn, 16*mib)
-	if _, err := b.b.Attach(cctx, "remote", backends.AttachOptions{}); !errors.Is(err, sentinel.ErrInUse) || !strings.Contains(err.Error(), "node-a") {
+	if _, err := b.b.Attach(call(), "remote", backends.AttachOptions{}); !errors.Is(err, sentinel.ErrInUse) || !strings.Contains(err.Error(), "node-a") {
 		t.Fatalf("node-b Attach over SSH = %v", err)
 	}
-	if _, err := b.b.Attach(cctx, "remote", backends.AttachOptions{Preempt: true}); err != nil {
+	if _, err := b.b.Attach(call(), "remote", backends.AttachOptions{Preempt: true}); err != nil {
 		t.Fatal(err)
 	}
 	r.wantRefused(initA, iqn)
 	r.wantCapacity(initB, iqn, 16*mib)
-	if err := b.b.Detach(cctx, "remote"); err != nil {
+	if err := b.b.Detach(call(), "remote"); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.b.Check(cctx); err != nil {
+	if err := b.b.Check(call()); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.b.Remove(cctx, "remote"); err != nil {
+	if err := a.b.Remove(call(), "remote"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(filepath.Join(r.pool, "remote.img")); !os.IsNotExist(err) {
@@ -632,19 +636,20 @@ func TestRealOverSSH(t *testing.T) {
 	}
 	defer narrow.Close()
 	n := r.agent(narrow, "node-n", initA, false, nil)
-	if _, err := n.b.Create(cctx, backends.CreateRequest{Name: "busy", SizeBytes: mib}); err != nil {
+	if _, err := n.b.Create(call(), backends.CreateRequest{Name: "busy", SizeBytes: mib}); err != nil {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
 	errs := make([]error, 4)
 	for i := range errs {
+		cctx := call()
 		wg.Go(func() { errs[i] = n.b.SetMeta(cctx, "busy", map[string]string{"writer": strconv.Itoa(i)}) })
 	}
 	wg.Wait()
 	if err := errors.Join(errs...); err != nil {
 		t.Fatalf("concurrent SetMeta over 2 SSH sessions: %v", err)
 	}
-	if err := n.b.Remove(cctx, "busy"); err != nil {
+	if err := n.b.Remove(call(), "busy"); err != nil {
 		t.Fatal(err)
 	}
 
@@ -664,12 +669,12 @@ func TestRealOverSSH(t *testing.T) {
 	}
 	defer bad.Close()
 	c := r.agent(bad, "node-c", "iqn.2024-01.org.blockvol.test.host:c", false, nil)
-	_, err = c.b.Create(cctx, backends.CreateRequest{Name: "never", SizeBytes: mib})
+	_, err = c.b.Create(call(), backends.CreateRequest{Name: "never", SizeBytes: mib})
 	if err == nil || !strings.Contains(err.Error(), "host key mismatch") || errors.Is(err, sentinel.ErrNotFound) {
 		t.Fatalf("Create through a wrong host key = %v", err)
 	}
 	t.Logf("as users see it: %v", err)
-	if _, err := c.b.Get(cctx, "anything"); err == nil || errors.Is(err, sentinel.ErrNotFound) {
+	if _, err := c.b.Get(call(), "anything"); err == nil || errors.Is(err, sentinel.ErrNotFound) {
 		t.Fatalf("Get through a wrong host key = %v; must not be 'not found'", err)
 	}
 }

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/blockvol/blockvol/internal/testenv"
 )
 
 // The multi-host harness: two agent guests and a target host.
@@ -266,7 +268,11 @@ func (h *TargetHost) startSSHD(ctx context.Context) error {
 	if err := os.MkdirAll("/run/sshd", 0o755); err != nil {
 		return err
 	}
-	if h.sshd, err = h.inNS(filepath.Join(h.Dir, "sshd.log"), "/usr/sbin/sshd", "-D", "-e", "-f", cfgPath); err != nil {
+	argv, err := testenv.QuietShell(filepath.Join(h.Dir, "empty-bashrc"), "/usr/sbin/sshd", "-D", "-e", "-f", cfgPath)
+	if err != nil {
+		return err
+	}
+	if h.sshd, err = h.inNS(filepath.Join(h.Dir, "sshd.log"), argv...); err != nil {
 		return err
 	}
 	return poll(ctx, 10*time.Second, "sshd pid file", func() bool {

@@ -273,7 +273,11 @@ func freePort() (int, error) {
 }
 
 func (s *SSHD) start() error {
-	cmd := exec.Command("/usr/sbin/sshd", "-D", "-f", s.config, "-E", s.Log)
+	argv, err := testenv.QuietShell(filepath.Join(s.dir, "empty-bashrc"), "/usr/sbin/sshd", "-D", "-f", s.config, "-E", s.Log)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return err
