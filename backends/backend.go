@@ -107,6 +107,20 @@ type BlankProver interface {
 	ProvenBlank(ctx context.Context, name, dev string) (bool, error)
 }
 
+// UnchangedProver is implemented by backends that can prove, without
+// reading it, that a volume's data is exactly what it was when this
+// process last detached it with nothing left holding it (the loop backend:
+// the image file's identity, size and times). The core then mounts again a
+// filesystem it had cleanly unmounted before that detach without probing
+// and checking it again.
+type UnchangedProver interface {
+	// ProvenUnchanged reports whether dev, the device Attach returned for
+	// name, holds what name held at this process's last Detach of it, one
+	// that left no device of this host bound to it. Each Detach is proof
+	// for one call at most. false means "not proven", never "changed".
+	ProvenUnchanged(ctx context.Context, name, dev string) (bool, error)
+}
+
 // HostAttachments is implemented by backends that can tell from this host
 // alone which of their volumes are attached to it. Recovery detaches those
 // the plugin has no record of (a kill in the middle of an Attach), so

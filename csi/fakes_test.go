@@ -99,6 +99,7 @@ func (f *fakeFS) Prepare(_ context.Context, _, fstype string, _ bool) (string, b
 	return fstype, true, nil
 }
 func (f *fakeFS) FormatBlank(context.Context, string, string) error { return nil }
+func (f *fakeFS) Clean(string, string) (bool, error)                { return false, nil }
 func (f *fakeFS) Mount(_ context.Context, dev, target, _ string, _ []string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

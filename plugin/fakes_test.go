@@ -187,6 +187,7 @@ type fakeFS struct {
 	mounts  map[string]string // target → device
 	calls   []string
 	nextErr map[string]error
+	dirty   bool // Clean says no superblock is clean
 }
 
 func newFakeFS() *fakeFS {
@@ -267,6 +268,15 @@ func (f *fakeFS) MountedDevice(target string) (string, error) {
 // InUse: a fake device is held only through the fake's own mounts, which
 // MountedDevice shows.
 func (f *fakeFS) InUse(dev string) (bool, error) { return false, nil }
+
+func (f *fakeFS) Clean(dev, fstype string) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.record(fmt.Sprintf("clean %s %s", dev, fstype)); err != nil {
+		return false, err
+	}
+	return !f.dirty, nil
+}
 
 func (f *fakeFS) mounted() map[string]string {
 	f.mu.Lock()

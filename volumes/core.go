@@ -55,6 +55,9 @@ type Filesystem interface {
 	// InUse reports whether another holds block device dev: mounted in
 	// some mount namespace, not necessarily this one.
 	InUse(dev string) (bool, error)
+	// Clean reports, from its superblock alone, whether dev holds a
+	// filesystem of type fstype that needs no check before a mount.
+	Clean(dev, fstype string) (bool, error)
 }
 
 // Config wires a Core.
@@ -113,6 +116,9 @@ type Core struct {
 
 	lostMu sync.Mutex
 	lost   map[string]string // volume name → the host it was lost to (lost.go), once logged
+
+	fsMu sync.Mutex
+	fsOf map[string]mountedFS // volume name → the filesystem this process mounted on it (remount.go)
 }
 
 // New validates cfg, loads the records of the state directory and returns

@@ -120,6 +120,7 @@ func (d *Core) Remove(ctx context.Context, name string) error {
 			}
 		}
 		d.remember(name, "")
+		d.takeMounted(name)
 		d.damageMu.Lock()
 		delete(d.damage, name)
 		d.damageMu.Unlock()

@@ -142,6 +142,7 @@ func (f *mountFS) Prepare(ctx context.Context, dev, fstype string, overwrite boo
 }
 
 func (f *mountFS) FormatBlank(context.Context, string, string) error { return nil }
+func (f *mountFS) Clean(string, string) (bool, error)                { return false, nil }
 
 func (f *mountFS) Mount(ctx context.Context, dev, target, fstype string, opts []string) error {
 	f.mu.Lock()

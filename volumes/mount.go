@@ -297,6 +297,7 @@ func (d *Core) prepareAndMount(ctx context.Context, log *slog.Logger, r record, 
 			return fmt.Errorf("record the volume's first use: %w", err)
 		}
 	}
+	d.noteMounted(r.Name, fsType)
 	return nil
 }
 
@@ -304,6 +305,11 @@ func (d *Core) prepareAndMount(ctx context.Context, log *slog.Logger, r record, 
 // its device all zeros is formatted without the probe (one program run
 // fewer on a first mount): a probe of zeros finds nothing to keep.
 func (d *Core) prepare(ctx context.Context, log *slog.Logger, r record, be backends.Backend, fstype string, fresh, overwrite bool) (string, bool, error) {
+	if !fresh && !overwrite {
+		if found := d.reusable(ctx, log, r, be); found != "" {
+			return found, false, nil
+		}
+	}
 	if bp, ok := be.(backends.BlankProver); ok && fresh {
 		blank, err := bp.ProvenBlank(ctx, r.Name, r.Device)
 		if err != nil {
@@ -476,6 +482,7 @@ func (d *Core) lostNow(ctx context.Context, log *slog.Logger, r record) bool {
 // step is idempotent, so a teardown interrupted by a crash or an error is
 // finished by running it again.
 func (d *Core) teardown(ctx context.Context, log *slog.Logger, r record) error {
+	clean := d.takeMounted(r.Name)
 	if r.Mountpoint != "" {
 		if err := d.cfg.FS.Unmount(ctx, r.Mountpoint); err != nil {
 			return fmt.Errorf("unmount %s: %w", r.Mountpoint, err)
@@ -495,6 +502,9 @@ func (d *Core) teardown(ctx context.Context, log *slog.Logger, r record) error {
 		return err
 	}
 	d.forgetLost(r.Name)
+	if r.Mountpoint != "" && clean.fstype != "" {
+		d.noteTornDown(r.Name, clean.fstype)
+	}
 	return nil
 }
 

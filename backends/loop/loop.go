@@ -144,6 +144,10 @@ type Backend struct {
 
 	locks keyedlock.Map
 
+	// detached holds, for ProvenUnchanged, each image as its last Detach
+	// left it (unchanged.go).
+	detached imageStates
+
 	// copies is how snapshots and clones are copied here: copyReflink
 	// when the data directory's filesystem shares blocks, else copySparse.
 	copies string
@@ -536,6 +540,7 @@ func (b *Backend) Remove(ctx context.Context, name string) error {
 		return err
 	}
 	defer unlock()
+	b.detached.forget(name)
 	// Existence only: a record too damaged to parse, or a symlink in its
 	// place, can still be removed (the link, never what it points to).
 	img := b.imgPath(name)
@@ -649,8 +654,10 @@ func (b *Backend) Detach(ctx context.Context, name string) error {
 		log.Info("volume detached", slog.String("device", dev))
 	}
 	if err := errors.Join(errs...); err != nil {
+		b.detached.forget(name)
 		return opErr(op, name, err)
 	}
+	b.noteDetached(log, name, img)
 	return nil
 }
 
