@@ -2,9 +2,8 @@ package fs
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
-	"io"
+	"os"
 
 	"golang.org/x/sys/unix"
 )
@@ -47,26 +46,28 @@ const xfsMagic = "XFSB"
 // cleanly unmounted, and unchanged since: it does not look for other
 // signatures.
 func (f *FS) Clean(dev, fstype string) (bool, error) {
-	fd, err := unix.Open(dev, unix.O_RDONLY|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		return false, fmt.Errorf("open %s: %w", dev, err)
-	}
-	defer unix.Close(fd)
+	var sb []byte
+	var off int64
 	switch fstype {
 	case "ext4":
-		sb := make([]byte, ext4SuperSize)
-		if err := preadFull(fd, sb, ext4SuperOffset); err != nil {
-			return false, fmt.Errorf("read the superblock of %s: %w", dev, err)
-		}
-		return ext4Clean(sb), nil
+		sb, off = make([]byte, ext4SuperSize), ext4SuperOffset
 	case "xfs":
-		sb := make([]byte, len(xfsMagic))
-		if err := preadFull(fd, sb, 0); err != nil {
-			return false, fmt.Errorf("read the superblock of %s: %w", dev, err)
-		}
+		sb = make([]byte, len(xfsMagic))
+	default:
+		return false, nil
+	}
+	file, err := os.OpenFile(dev, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return false, err
+	}
+	defer file.Close()
+	if _, err := file.ReadAt(sb, off); err != nil {
+		return false, fmt.Errorf("read the superblock of %s: %w", dev, err)
+	}
+	if fstype == "xfs" {
 		return string(sb) == xfsMagic, nil
 	}
-	return false, nil
+	return ext4Clean(sb), nil
 }
 
 // ext4Clean reads an ext4 superblock as check_if_skip of e2fsck does for
@@ -87,22 +88,4 @@ func ext4Clean(sb []byte) bool {
 		return false
 	}
 	return true
-}
-
-// preadFull fills buf from fd at off.
-func preadFull(fd int, buf []byte, off int64) error {
-	for done := 0; done < len(buf); {
-		n, err := unix.Pread(fd, buf[done:], off+int64(done))
-		if errors.Is(err, unix.EINTR) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if n == 0 {
-			return io.ErrUnexpectedEOF
-		}
-		done += n
-	}
-	return nil
 }

@@ -297,7 +297,7 @@ func (d *Core) prepareAndMount(ctx context.Context, log *slog.Logger, r record, 
 			return fmt.Errorf("record the volume's first use: %w", err)
 		}
 	}
-	d.noteMounted(r.Name, fsType)
+	d.noteMounted(r.Name, mountedFS{fstype: fsType})
 	return nil
 }
 
@@ -503,7 +503,7 @@ func (d *Core) teardown(ctx context.Context, log *slog.Logger, r record) error {
 	}
 	d.forgetLost(r.Name)
 	if r.Mountpoint != "" && clean.fstype != "" {
-		d.noteTornDown(r.Name, clean.fstype)
+		d.noteMounted(r.Name, mountedFS{fstype: clean.fstype, clean: true})
 	}
 	return nil
 }

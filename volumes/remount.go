@@ -23,35 +23,25 @@ type mountedFS struct {
 	clean  bool
 }
 
-// noteMounted records that this process has mounted fstype on name.
-func (d *Core) noteMounted(name, fstype string) {
+// noteMounted records what this process knows of the filesystem on name:
+// fstype mounted (clean false), or unmounted and detached without an
+// error since (clean true).
+func (d *Core) noteMounted(name string, m mountedFS) {
 	d.fsMu.Lock()
 	defer d.fsMu.Unlock()
 	if d.fsOf == nil {
 		d.fsOf = map[string]mountedFS{}
 	}
-	d.fsOf[name] = mountedFS{fstype: fstype}
+	d.fsOf[name] = m
 }
 
-// takeMounted returns and forgets what noteMounted or noteTornDown
-// recorded of name.
+// takeMounted returns and forgets what noteMounted recorded of name.
 func (d *Core) takeMounted(name string) mountedFS {
 	d.fsMu.Lock()
 	defer d.fsMu.Unlock()
 	m := d.fsOf[name]
 	delete(d.fsOf, name)
 	return m
-}
-
-// noteTornDown records that the fstype this process had mounted on name
-// was unmounted, and name detached, without an error.
-func (d *Core) noteTornDown(name, fstype string) {
-	d.fsMu.Lock()
-	defer d.fsMu.Unlock()
-	if d.fsOf == nil {
-		d.fsOf = map[string]mountedFS{}
-	}
-	d.fsOf[name] = mountedFS{fstype: fstype, clean: true}
 }
 
 // reusable returns the type of the filesystem on r.Device when it can be

@@ -23,19 +23,11 @@ var _ backends.BlankProver = (*Backend)(nil)
 // restored snapshot holds the copied data.
 func (b *Backend) ProvenBlank(ctx context.Context, name, dev string) (bool, error) {
 	const op = "check blank"
-	unlock, _, err := b.lock(ctx, op, name)
-	if err != nil {
+	unlock, img, bound, err := b.lockBound(ctx, op, name, dev)
+	if err != nil || !bound {
 		return false, err
 	}
 	defer unlock()
-	img := b.imgPath(name)
-	bound, err := b.backedBy(dev, img, false)
-	if err != nil {
-		return false, opErr(op, name, err)
-	}
-	if !bound {
-		return false, nil
-	}
 	if err := flushDevice(dev); err != nil {
 		return false, opErr(op, name, err)
 	}
@@ -44,6 +36,22 @@ func (b *Backend) ProvenBlank(ctx context.Context, name, dev string) (bool, erro
 		return false, opErr(op, name, err)
 	}
 	return blank, nil
+}
+
+// lockBound takes name's lock and reports whether dev is bound to name's
+// image, img. When it returns no error, the caller holds the lock until
+// it calls unlock, bound or not; on an error it does not.
+func (b *Backend) lockBound(ctx context.Context, op, name, dev string) (unlock func(), img string, bound bool, err error) {
+	unlock, _, err = b.lock(ctx, op, name)
+	if err != nil {
+		return nil, "", false, err
+	}
+	img = b.imgPath(name)
+	if bound, err = b.backedBy(dev, img, false); err != nil {
+		unlock()
+		return nil, "", false, opErr(op, name, err)
+	}
+	return unlock, img, bound, nil
 }
 
 // flushDevice writes dev's dirty page cache through to its backing file.

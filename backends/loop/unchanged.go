@@ -97,21 +97,13 @@ func (b *Backend) noteDetached(log *slog.Logger, name, img string) {
 // that left it unbound (noteDetached).
 func (b *Backend) ProvenUnchanged(ctx context.Context, name, dev string) (bool, error) {
 	const op = "check unchanged"
-	unlock, _, err := b.lock(ctx, op, name)
+	unlock, img, bound, err := b.lockBound(ctx, op, name, dev)
 	if err != nil {
 		return false, err
 	}
 	defer unlock()
 	was, ok := b.detached.take(name)
-	if !ok {
-		return false, nil
-	}
-	img := b.imgPath(name)
-	bound, err := b.backedBy(dev, img, false)
-	if err != nil {
-		return false, opErr(op, name, err)
-	}
-	if !bound {
+	if !ok || !bound {
 		return false, nil
 	}
 	now, err := statImage(img)
