@@ -1,16 +1,21 @@
 package plugin_test
 
 import (
+	"context"
 	"errors"
-	"github.com/blockvol/blockvol/internal/testenv"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/blockvol/blockvol/internal/testenv"
+
+	"github.com/docker/go-plugins-helpers/volume"
 
 	"github.com/blockvol/blockvol/backends"
 	"github.com/blockvol/blockvol/backends/loop"
@@ -18,7 +23,6 @@ import (
 	"github.com/blockvol/blockvol/hostexec"
 	"github.com/blockvol/blockvol/plugin"
 	"github.com/blockvol/blockvol/volumes"
-	"github.com/docker/go-plugins-helpers/volume"
 )
 
 // realHost is a plugin over the real loop backend and real filesystems,
@@ -30,6 +34,29 @@ type realHost struct {
 	core                      *volumes.Core
 	fs                        *fs.FS
 	releaseDelay              time.Duration // volumes.Config.ReleaseDelay at the next restart
+	fsRuns                    *runLog       // the programs h.fs ran
+}
+
+// runLog is a hostexec.Runner that runs programs and logs their names.
+type runLog struct {
+	mu    sync.Mutex
+	names []string
+}
+
+func (l *runLog) Run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	l.mu.Lock()
+	l.names = append(l.names, name)
+	l.mu.Unlock()
+	return hostexec.OS{}.Run(ctx, name, args...)
+}
+
+// take returns the names logged and empties the log.
+func (l *runLog) take() []string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := l.names
+	l.names = nil
+	return n
 }
 
 func requireRootTools(t testing.TB) {
@@ -63,7 +90,8 @@ func (h *realHost) restart() {
 	if err != nil {
 		h.t.Fatal(err)
 	}
-	h.fs = &fs.FS{Run: hostexec.OS{}, Mounter: fs.SyscallMounter{}, Log: log}
+	h.fsRuns = &runLog{}
+	h.fs = &fs.FS{Run: h.fsRuns, Mounter: fs.SyscallMounter{}, Log: log}
 	core, err := volumes.New(volumes.Config{
 		Backends:       map[string]backends.Backend{"local": be},
 		FS:             h.fs,
