@@ -154,6 +154,7 @@ func New(cfg Config) (*Core, error) {
 		defaults: defOpts,
 		seen:     loadSeen(filepath.Join(cfg.StateDir, "seen.json"), cfg.Log),
 		damage:   map[string]string{},
+		fsOf:     map[string]mountedFS{},
 	}
 	names, err := store.Names()
 	if err != nil {

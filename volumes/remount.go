@@ -28,11 +28,8 @@ type mountedFS struct {
 // error since (clean true).
 func (d *Core) noteMounted(name string, m mountedFS) {
 	d.fsMu.Lock()
-	defer d.fsMu.Unlock()
-	if d.fsOf == nil {
-		d.fsOf = map[string]mountedFS{}
-	}
 	d.fsOf[name] = m
+	d.fsMu.Unlock()
 }
 
 // takeMounted returns and forgets what noteMounted recorded of name.

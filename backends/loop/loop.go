@@ -212,6 +212,7 @@ func New(cfg Config, run hostexec.Runner, log *slog.Logger) (*Backend, error) {
 		log:         log.With(slog.String("backend", BackendName)),
 		removeGrace: 2 * time.Second,
 		pollEvery:   20 * time.Millisecond,
+		detached:    imageStates{m: map[string]imageState{}},
 	}
 	b.sweep()
 	b.copies = copySparse

@@ -38,7 +38,8 @@ func statImage(path string) (imageState, error) {
 	return imageState{dev: st.Dev, ino: st.Ino, size: st.Size, mtime: st.Mtim, ctime: st.Ctim}, nil
 }
 
-// imageStates maps volume names to the state their image was left in.
+// imageStates maps volume names to the state their image was left in
+// (m made by New).
 type imageStates struct {
 	mu sync.Mutex
 	m  map[string]imageState
@@ -46,11 +47,8 @@ type imageStates struct {
 
 func (s *imageStates) put(name string, st imageState) {
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.m == nil {
-		s.m = map[string]imageState{}
-	}
 	s.m[name] = st
+	s.mu.Unlock()
 }
 
 // take returns name's state and forgets it: each is proof once.
