@@ -82,6 +82,7 @@ import (
 
 	"github.com/gophercloud/gophercloud/v2"
 	"github.com/gophercloud/gophercloud/v2/openstack/blockstorage/v3/volumes"
+	"github.com/gophercloud/gophercloud/v2/pagination"
 
 	"github.com/blockvol/blockvol/backends"
 	"github.com/blockvol/blockvol/internal/sentinel"
@@ -659,15 +660,23 @@ func pick(vs []*volumes.Volume) *volumes.Volume {
 // listVolumes lists volumes (with details), leaving out those being
 // deleted.
 func (b *Backend) listVolumes(ctx context.Context, c *conn, opts volumes.ListOpts) ([]volumes.Volume, error) {
-	pages, err := volumes.List(c.base(), opts).AllPages(ctx)
+	return listAll(ctx, b, c, "volume", volumes.List(c.base(), opts), volumes.ExtractVolumes,
+		func(v volumes.Volume) bool { return v.Status == "deleting" })
+}
+
+// listAll reads every page of a Cinder list of kind (volume, snapshot)
+// with extract, and leaves out the items drop names.
+func listAll[T any](ctx context.Context, b *Backend, c *conn, kind string, pager pagination.Pager,
+	extract func(pagination.Page) ([]T, error), drop func(T) bool) ([]T, error) {
+	pages, err := pager.AllPages(ctx)
 	if err != nil {
-		return nil, b.cinderError(c.sc, "list volumes", err)
+		return nil, b.cinderError(c.sc, "list "+kind+"s", err)
 	}
-	all, err := volumes.ExtractVolumes(pages)
+	all, err := extract(pages)
 	if err != nil {
-		return nil, fmt.Errorf("read Cinder's volume list: %w", err)
+		return nil, fmt.Errorf("read Cinder's %s list: %w", kind, err)
 	}
-	return slices.DeleteFunc(all, func(v volumes.Volume) bool { return v.Status == "deleting" }), nil
+	return slices.DeleteFunc(all, drop), nil
 }
 
 // waitVolume polls volume id until done says so, the volume is gone

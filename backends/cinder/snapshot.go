@@ -242,17 +242,8 @@ func (b *Backend) findSnapshot(ctx context.Context, c *conn, name string) (*snap
 // listSnapshots lists blockvol's snapshots, leaving out those being
 // deleted.
 func (b *Backend) listSnapshots(ctx context.Context, c *conn, opts snapshots.ListOpts) ([]snapshots.Snapshot, error) {
-	pages, err := snapshots.List(c.base(), opts).AllPages(ctx)
-	if err != nil {
-		return nil, b.cinderError(c.sc, "list snapshots", err)
-	}
-	all, err := snapshots.ExtractSnapshots(pages)
-	if err != nil {
-		return nil, fmt.Errorf("read Cinder's snapshot list: %w", err)
-	}
-	return slices.DeleteFunc(all, func(s snapshots.Snapshot) bool {
-		return s.Status == "deleting" || !isOurs(s.Metadata)
-	}), nil
+	return listAll(ctx, b, c, "snapshot", snapshots.List(c.base(), opts), snapshots.ExtractSnapshots,
+		func(s snapshots.Snapshot) bool { return s.Status == "deleting" || !isOurs(s.Metadata) })
 }
 
 // deleteSnapshot deletes snapshot id and waits until it is gone.
