@@ -484,13 +484,9 @@ func (b *Backend) SetMeta(ctx context.Context, name string, meta map[string]stri
 		return opErr(op, name, err)
 	}
 	defer b.recent.forget(name) // what it changes is not what was seen
-	c, err := b.client(ctx)
+	c, v, err := b.openVolume(ctx, op, name, b.find)
 	if err != nil {
-		return opErr(op, name, err)
-	}
-	v, err := b.find(ctx, c, name)
-	if err != nil {
-		return opErr(op, name, err)
+		return err
 	}
 	pieces[tagKey] = tagValue
 	body := map[string]any{"metadata": pieces}
